@@ -1,0 +1,149 @@
+"""The FlashAttention 2 algorithm in plain PyTorch: tiled online softmax forward, recomputing backward.
+
+Extra memory is O(N): the row statistics (max and log-sum-exp) plus one q_tile x k_tile block of
+scores at a time; the backward pass recomputes score tiles from Q, K and the saved log-sum-exp
+instead of storing the N x N probabilities. Tiles that the causal mask or the padding rules out
+entirely are skipped, so causal attention does about half the work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.registry import HyperparameterError, register
+
+
+class _Tiling:
+    """Which tiles exist and which (query, key) pairs inside a tile are allowed."""
+
+    def __init__(self, problem: Problem, q_tile: int, k_tile: int, device: torch.device) -> None:
+        self.q_len, self.kv_len = problem.q_len, problem.kv_len
+        self.q_tile, self.k_tile = q_tile, k_tile
+        self.causal = problem.causal
+        self.offset = problem.causal_offset
+        self.valid = None if problem.kv_valid_lens is None else torch.tensor(problem.kv_valid_lens, device=device)
+        self.min_valid = min(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
+        self.max_valid = max(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
+
+    def q_starts(self) -> range:
+        return range(0, self.q_len, self.q_tile)
+
+    def k_starts(self, q_start: int) -> range:
+        """Key tiles holding at least one key a query of this tile may attend."""
+        q_end = min(q_start + self.q_tile, self.q_len)
+        k_stop = self.max_valid if not self.causal else min(self.max_valid, q_end + self.offset)
+        return range(0, k_stop, self.k_tile)
+
+    def score_bias(self, q_start: int, k_start: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask (B or 1, 1, 1, q rows, k cols) for one tile; None when every pair is allowed."""
+        q_end = min(q_start + self.q_tile, self.q_len)
+        k_end = min(k_start + self.k_tile, self.kv_len)
+        crosses_diagonal = self.causal and k_end - 1 > q_start + self.offset
+        crosses_padding = k_end > self.min_valid
+        if not (crosses_diagonal or crosses_padding):
+            return None
+        device = self.valid.device if self.valid is not None else None
+        k_pos = torch.arange(k_start, k_end, device=device)
+        allowed = torch.ones(1, 1, 1, q_end - q_start, k_end - k_start, dtype=torch.bool, device=device)
+        if crosses_diagonal:
+            q_pos = torch.arange(q_start, q_end, device=device)
+            allowed = allowed & (k_pos[None, :] <= q_pos[:, None] + self.offset)
+        if crosses_padding and self.valid is not None:
+            allowed = allowed & (k_pos < self.valid[:, None, None, None, None])
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return bias.masked_fill_(~allowed, float("-inf"))
+
+
+class _FlashFunction(torch.autograd.Function):
+    """q5 (B, Hkv, G, Nq, D) already scaled; k5, v5 (B, Hkv, 1, Nk, D)."""
+
+    @staticmethod
+    def forward(ctx, q5, k5, v5, tiling: _Tiling):
+        out = torch.empty_like(q5)
+        lse = torch.empty((*q5.shape[:-1], 1), dtype=q5.dtype, device=q5.device)
+        for q_start in tiling.q_starts():
+            q_tile = q5[..., q_start : q_start + tiling.q_tile, :]
+            row_max = torch.full((*q_tile.shape[:-1], 1), float("-inf"), dtype=q5.dtype, device=q5.device)
+            row_sum = torch.zeros_like(row_max)
+            acc = torch.zeros_like(q_tile)
+            for k_start in tiling.k_starts(q_start):
+                k_tile = k5[..., k_start : k_start + tiling.k_tile, :]
+                scores = q_tile @ k_tile.transpose(-1, -2)  # (B, Hkv, G, q rows, k cols)
+                bias = tiling.score_bias(q_start, k_start, scores.dtype)
+                if bias is not None:
+                    scores += bias
+                new_max = torch.maximum(row_max, scores.amax(dim=-1, keepdim=True))
+                # a row with no allowed key yet keeps max -inf; shift by 0 so exp gives 0, not NaN
+                shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+                probs = scores.sub_(shift).exp_()
+                rescale = (row_max - shift).exp_()
+                row_sum.mul_(rescale).add_(probs.sum(dim=-1, keepdim=True))
+                acc.mul_(rescale).add_(probs @ v5[..., k_start : k_start + tiling.k_tile, :])
+                row_max = new_max
+            out[..., q_start : q_start + tiling.q_tile, :] = acc / row_sum
+            lse[..., q_start : q_start + tiling.q_tile, :] = row_max + row_sum.log()
+        ctx.save_for_backward(q5, k5, v5, out, lse)
+        ctx.tiling = tiling
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q5, k5, v5, out, lse = ctx.saved_tensors
+        tiling: _Tiling = ctx.tiling
+        grad_q = torch.zeros_like(q5)
+        grad_k = torch.zeros_like(k5)
+        grad_v = torch.zeros_like(v5)
+        delta = (grad_out * out).sum(dim=-1, keepdim=True)  # rowsum(dO * O), (B, Hkv, G, Nq, 1)
+        for q_start in tiling.q_starts():
+            rows = slice(q_start, q_start + tiling.q_tile)
+            q_tile, grad_out_tile = q5[..., rows, :], grad_out[..., rows, :]
+            for k_start in tiling.k_starts(q_start):
+                cols = slice(k_start, k_start + tiling.k_tile)
+                k_tile, v_tile = k5[..., cols, :], v5[..., cols, :]
+                scores = q_tile @ k_tile.transpose(-1, -2)
+                bias = tiling.score_bias(q_start, k_start, scores.dtype)
+                if bias is not None:
+                    scores += bias
+                probs = scores.sub_(lse[..., rows, :]).exp_()  # recomputed, never stored whole
+                grad_v[..., cols, :] += (probs.transpose(-1, -2) @ grad_out_tile).sum(dim=2, keepdim=True)
+                grad_probs = grad_out_tile @ v_tile.transpose(-1, -2)
+                grad_scores = probs.mul_(grad_probs.sub_(delta[..., rows, :]))
+                grad_q[..., rows, :] += grad_scores @ k_tile
+                grad_k[..., cols, :] += (grad_scores.transpose(-1, -2) @ q_tile).sum(dim=2, keepdim=True)
+        return grad_q, grad_k, grad_v, None
+
+
+class BlockwiseAttention(Attention):
+    """Exact attention by the FlashAttention 2 tiling, in plain PyTorch ops."""
+
+    def __init__(self, problem: Problem, q_tile: int, k_tile: int) -> None:
+        super().__init__(problem)
+        for field, value in (("q_tile", q_tile), ("k_tile", k_tile)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HyperparameterError(f"blockwise {field}={value!r} is invalid: it must be a positive integer")
+        self.scale = 1.0 / math.sqrt(problem.head_dim)
+        self.tiling = _Tiling(problem, q_tile, k_tile, torch.device(problem.device))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, kv_heads, _kv_len, head_dim = k.shape
+        group = q.shape[1] // kv_heads
+        # GQA by broadcasting: the G query heads of a group share one K/V head, no copy of K or V
+        q5 = (q * self.scale).view(batch, kv_heads, group, q.shape[2], head_dim)
+        k5, v5 = k.unsqueeze(2), v.unsqueeze(2)
+        return _FlashFunction.apply(q5, k5, v5, self.tiling).view_as(q)
+
+
+@register(
+    family="flash",
+    exact=True,
+    time="N^2",
+    memory="N",
+    check_hparams={"q_tile": 16, "k_tile": 24},
+)
+def blockwise(problem: Problem, *, q_tile: int = 256, k_tile: int = 512) -> Attention:
+    """FlashAttention 2's tiled online softmax in PyTorch; q_tile x k_tile scores live at a time."""
+    return BlockwiseAttention(problem, q_tile, k_tile)

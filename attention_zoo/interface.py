@@ -1,0 +1,32 @@
+"""The one interface every implementation is built to: impl(q, k, v) -> out, plus its own oracle."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_zoo.problem import Problem
+from attention_zoo.reference import dense_attention
+
+
+class Attention(torch.nn.Module):
+    """A built implementation for one problem: call it as impl(q, k, v) -> out.
+
+    q (B, Hq, Nq, D); k, v (B, Hkv, Nk, D); out (B, Hq, Nq, D). Everything that can be prepared
+    ahead (projections, random features, masks, compiled code) is prepared in __init__, so that
+    building is measured apart from calling.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__()
+        self.problem = problem
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The float64 dense form of exactly what this implementation claims to compute.
+
+        Exact entries compute attention under the problem's causal and padding masks; entries that
+        compute something else (a window, projections, random features) override this.
+        """
+        return dense_attention(q, k, v, self.problem.allowed_mask())

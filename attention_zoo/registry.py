@@ -1,0 +1,221 @@
+"""The registry of attention implementations: register, get, list_impls, and entry-point loading.
+
+Each entry states as data what it is and what it supports; whatever it cannot run is answered
+by `unsupported_reason` as a string the harness records, never by an exception from torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import DTYPES, Problem
+
+FAMILIES = ("full", "flash", "sparse", "low_rank", "kernel", "memory")
+MODES = ("forward", "backward")
+FEATURES = ("causal", "padding", "gqa", "cross")
+ENTRY_POINT_GROUP = "attention_zoo.impls"
+
+
+class UnknownImplError(KeyError):
+    """An implementation name or pattern that matches nothing registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter an entry does not have, or a value it cannot use; the message is one line."""
+
+
+class UnsupportedError(RuntimeError):
+    """Building an entry for a problem it states it cannot run."""
+
+
+@dataclass(frozen=True)
+class Complexity:
+    """A declared complexity in the sequence length N, e.g. "N^2" or "N*w"."""
+
+    expr: str
+
+    @property
+    def exponent(self) -> float:
+        """The power of N the expression grows with (other symbols are constants)."""
+        powers = re.findall(r"N(?:\^([0-9.]+))?", self.expr)
+        return float(sum(float(p) if p else 1.0 for p in powers))
+
+    def __str__(self) -> str:
+        return f"O({self.expr})"
+
+
+FlopsFn = Callable[[Problem, Mapping[str, Any]], float]
+AvailabilityFn = Callable[[Problem], "str | None"]
+
+
+def _dense_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    return problem.dense_flops()
+
+
+def _always_available(problem: Problem) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered implementation and the data describing it."""
+
+    name: str
+    builder: Callable[..., Attention]
+    family: str
+    exact: bool
+    time: Complexity
+    memory: Complexity
+    devices: frozenset[str]
+    dtypes: frozenset[str]
+    modes: frozenset[str]
+    features: frozenset[str]
+    flops_fn: FlopsFn = _dense_flops
+    availability: AvailabilityFn = _always_available
+    check_hparams: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The entry's hyperparameters and their defaults (the builder's keyword-only arguments)."""
+        params = inspect.signature(self.builder).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def resolve_hparams(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated by overrides; an unknown name is a HyperparameterError naming the allowed ones."""
+        resolved = self.hparams
+        for key, value in (overrides or {}).items():
+            if key not in resolved:
+                allowed = ", ".join(resolved) or "none"
+                raise HyperparameterError(f"{self.name} has no hyperparameter {key!r}: allowed are {allowed}")
+            resolved[key] = value
+        return resolved
+
+    def unsupported_reason(self, problem: Problem, mode: str = "forward") -> str | None:
+        """Why this entry cannot run the problem in this mode, or None when it can."""
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
+        if problem.device_type not in self.devices:
+            return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
+        if problem.dtype not in self.dtypes:
+            return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
+        if mode not in self.modes:
+            return f"{self.name} has no {mode} pass"
+        missing = sorted(problem.features - self.features)
+        if missing:
+            return f"{self.name} does not support {', '.join(missing)} problems"
+        return self.availability(problem)
+
+    def build(self, problem: Problem, **overrides: Any) -> Attention:
+        """Build the implementation for one problem, outside any timed region."""
+        reason = self.unsupported_reason(problem)
+        if reason:
+            raise UnsupportedError(reason)
+        return self.builder(problem, **self.resolve_hparams(overrides))
+
+    def flops(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
+        """FLOPs of one pass: forward as declared; backward 2.5x forward, forward+backward 3.5x."""
+        forward = self.flops_fn(problem, self.resolve_hparams(overrides))
+        return forward * {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}[mode]
+
+
+_REGISTRY: dict[str, Entry] = {}
+ALL_DTYPES = tuple(d for d in DTYPES if d != "float64")
+
+
+def register(
+    *,
+    family: str,
+    exact: bool,
+    time: str,
+    memory: str,
+    devices: Iterable[str] = ("cpu", "cuda"),
+    dtypes: Iterable[str] = (*ALL_DTYPES, "float64"),
+    modes: Iterable[str] = MODES,
+    features: Iterable[str] = FEATURES,
+    flops: FlopsFn = _dense_flops,
+    availability: AvailabilityFn = _always_available,
+    check_hparams: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
+    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name."""
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
+    for kind, values, allowed in (("feature", features, FEATURES), ("mode", modes, MODES)):
+        unknown = set(values) - set(allowed)
+        if unknown:
+            raise ValueError(f"unknown {kind} {sorted(unknown)}: allowed are {', '.join(allowed)}")
+
+    def wrap(builder: Callable[..., Attention]) -> Callable[..., Attention]:
+        entry_name = name or builder.__name__
+        if entry_name in _REGISTRY:
+            raise ValueError(f"an implementation named {entry_name!r} is already registered")
+        entry = Entry(
+            name=entry_name,
+            builder=builder,
+            family=family,
+            exact=exact,
+            time=Complexity(time),
+            memory=Complexity(memory),
+            devices=frozenset(devices),
+            dtypes=frozenset(dtypes),
+            modes=frozenset(modes),
+            features=frozenset(features),
+            flops_fn=flops,
+            availability=availability,
+            check_hparams=MappingProxyType(dict(check_hparams or {})),
+            doc=(inspect.getdoc(builder) or "").split("\n")[0],
+        )
+        hparams = entry.hparams  # fail at registration, not at run time, on a bad check_hparams key
+        unknown = set(entry.check_hparams) - set(hparams)
+        if unknown:
+            raise ValueError(f"{entry_name}: check_hparams {sorted(unknown)} are not hyperparameters")
+        _REGISTRY[entry_name] = entry
+        return builder
+
+    return wrap
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_impls(pattern: str | Iterable[str] = "*") -> list[str]:
+    """Registered names matching one or more fnmatch globs, naturally sorted."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    names = {n for n in _REGISTRY for p in patterns if fnmatch.fnmatchcase(n, p)}
+    return sorted(names, key=_natural_key)
+
+
+def get(name: str) -> Entry:
+    """The entry registered under `name`; an unknown name lists close matches and every name."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownImplError(
+            f"unknown implementation {name!r}{hint}; registered are: {', '.join(list_impls())}"
+        ) from None
+
+
+def load_entry_points() -> None:
+    """Import third-party packages that add entries through the `attention_zoo.impls` group."""
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as error:  # a broken plugin must not take the registry down
+            warnings.warn(f"attention_zoo plugin {point.name!r} failed to load: {error}", stacklevel=2)
