@@ -6,7 +6,20 @@ impl = z.get("blockwise").build(problem)
 out = impl(*problem.make_inputs())
 """
 
-from attention_zoo import blockwise, full, sdpa, xformers_attention  # noqa: F401  (each registers its entries)
+# every family is imported explicitly; importing a module registers its entries
+from attention_zoo import (  # noqa: F401
+    blockwise,
+    flex,
+    full,
+    linformer,
+    peers,
+    performer,
+    sdpa,
+    sparse,
+    transformer_xl,
+    triton_flash,
+    xformers_attention,
+)
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem, ProblemError
 from attention_zoo.reference import dense_attention, error_metrics

@@ -116,7 +116,9 @@ class Entry:
             return f"{self.name} has no {mode} pass"
         missing = sorted(problem.features - self.features)
         if missing:
-            return f"{self.name} does not support {', '.join(missing)} problems"
+            # the availability function may say why (e.g. a formulation that is not causal)
+            detail = self.availability(problem)
+            return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
         return self.availability(problem)
 
     def build(self, problem: Problem, **overrides: Any) -> Attention:

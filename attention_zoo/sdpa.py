@@ -7,7 +7,6 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
@@ -30,7 +29,10 @@ class PinnedSDPA(Attention):
         if problem.kv_valid_lens is not None:
             self.attn_mask = problem.allowed_mask()  # (B, 1, Nq, Nk) bool, built once
         elif problem.causal and not self.is_causal:
-            # SDPA's is_causal is top-left aligned; the problem's convention is bottom-right
+            # SDPA's is_causal is top-left aligned; the problem's convention is bottom-right.
+            # Imported here: torch.nn.attention.bias imports torch._dynamo, which imports triton.
+            from torch.nn.attention.bias import causal_lower_right
+
             self.attn_mask = causal_lower_right(problem.q_len, problem.kv_len)
         else:
             self.attn_mask = None

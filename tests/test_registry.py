@@ -64,8 +64,8 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_importing_attention_zoo_does_not_import_xformers() -> None:
-    result = _run("import sys, attention_zoo; print('xformers' in sys.modules)")
+def test_importing_attention_zoo_imports_neither_xformers_nor_triton() -> None:
+    result = _run("import sys, attention_zoo; print(any(m in sys.modules for m in ('xformers', 'triton')))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 

@@ -1,0 +1,169 @@
+"""Performer's FAVOR+ (Choromanski et al. 2021): softmax attention estimated with positive random features.
+
+phi(x) = exp(w_i^T x - |x|^2 / 2) / sqrt(m), i = 1..m, with x = q * d^-1/4 (likewise k), makes
+phi(q)^T phi(k) an unbiased estimate of exp(q^T k / sqrt(d)). Then
+    out = phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1))
+costs O(N*m*d) instead of O(N^2*d). Conventions:
+- w_i are orthogonal random features: d x d blocks from the QR of Gaussian matrices (signs fixed so
+  each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
+  performer-pytorch. One feature matrix is shared by every head.
+- Stabiliser, as in performer-pytorch: before exp, each query row subtracts its own max projection,
+  the keys subtract one max per (sequence, head) over valid keys. Both constants cancel in the
+  normalisation (one per output row, one per whole head), so they are excluded from the gradient.
+  The constant 1/sqrt(m) cancels likewise and is dropped from the fast path.
+- Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
+  S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
+  quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
+  (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
+- Padded keys get zero features, so they add nothing to either sum.
+- Half-precision inputs are computed in float32: the features span many orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.reference import expand_kv_heads
+from attention_zoo.registry import HyperparameterError, register
+
+
+def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """(m, d) float64: stacked orthogonal d x d blocks, rows rescaled to chi(d)-distributed norms."""
+    blocks = []
+    for _ in range(math.ceil(num_features / head_dim)):
+        q, r = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=generator, dtype=torch.float64))
+        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-uniform rows
+    directions = torch.cat(blocks)[:num_features]
+    norms = torch.randn(num_features, head_dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return directions * norms[:, None]
+
+
+def _check_hparams(num_features: object, redraw: object, seed: object, causal_chunk: object) -> None:
+    for field, value in (("num_features", num_features), ("causal_chunk", causal_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HyperparameterError(f"performer {field}={value!r} is invalid: it must be a positive integer")
+    if not isinstance(redraw, bool):
+        raise HyperparameterError(f"performer redraw={redraw!r} is invalid: it must be true or false")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HyperparameterError(f"performer seed={seed!r} is invalid: it must be an integer")
+
+
+class PerformerAttention(Attention):
+    """FAVOR+ linear attention with positive orthogonal random features, causal by chunked prefix sums."""
+
+    def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int) -> None:
+        super().__init__(problem)
+        _check_hparams(num_features, redraw, seed, causal_chunk)
+        self.num_features, self.redraw, self.causal_chunk = num_features, redraw, causal_chunk
+        self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
+        self.generator = torch.Generator().manual_seed(seed)
+        # the features of the latest call (drawn here; redrawn per call when redraw is on)
+        self.register_buffer("features", self._draw())
+        mask = problem.key_padding_mask()  # (B, Nk) or None
+        self.register_buffer("key_valid", None if mask is None else mask[:, None, :, None])
+        chunk = min(causal_chunk, problem.q_len)
+        self.register_buffer(
+            "chunk_causal",
+            torch.ones(chunk, chunk, dtype=self.compute_dtype, device=problem.device).tril_(),
+        )
+
+    def _draw(self) -> torch.Tensor:
+        features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
+        return features.to(device=self.problem.device, dtype=self.compute_dtype)
+
+    def _feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stabilised phi(q) (B, Hq, Nq, m) and phi(k) (B, Hkv, Nk, m), both up to constants that cancel."""
+        quarter = q.shape[-1] ** -0.25
+        w = self.features.T * quarter  # folds x = q * d^-1/4 into the projection, (d, m)
+        q_proj, k_proj = q @ w, k @ w
+        q_half_norm = q.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
+        k_half_norm = k.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
+        q_max = q_proj.detach().amax(-1, keepdim=True)
+        k_scores = k_proj.detach()
+        if self.key_valid is not None:
+            k_scores = k_scores.masked_fill(~self.key_valid, float("-inf"))
+        k_max = k_scores.amax((-2, -1), keepdim=True)
+        # in place: these are the N x m tensors, the largest the method makes
+        phi_q = q_proj.sub_(q_half_norm.add_(q_max)).exp_()
+        phi_k = k_proj.sub_(k_half_norm.add_(k_max)).exp_()
+        if self.key_valid is not None:
+            phi_k = phi_k * self.key_valid
+        return phi_q, phi_k
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.redraw:
+            self.features = self._draw()
+        out_dtype = q.dtype
+        q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
+        batch, kv_heads, kv_len, head_dim = k.shape
+        group, q_len = q.shape[1] // kv_heads, q.shape[2]
+        phi_q, phi_k = self._feature_maps(q, k)
+        # the query heads of a group are folded into the query axis: GQA without copying K or V
+        phi_q = phi_q.reshape(batch, kv_heads, group * q_len, -1)
+        v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
+        if self.problem.causal:
+            out = self._causal(phi_q.view(batch, kv_heads, group, q_len, -1), phi_k, v_ones)
+        else:
+            out = phi_q @ (phi_k.transpose(-1, -2) @ v_ones)  # (B, Hkv, G*Nq, d+1)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
+
+    def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v_ones: torch.Tensor) -> torch.Tensor:
+        """phi_q (B, Hkv, G, Nq, m); phi_k (B, Hkv, Nk, m); v_ones (B, Hkv, Nk, d+1) -> (B, Hkv, G*Nq, d+1)."""
+        q_len, offset = phi_q.shape[3], phi_k.shape[2] - phi_q.shape[3]
+        # keys before the first query's position are seen by every query: the initial state
+        state = phi_k[:, :, :offset].transpose(-1, -2) @ v_ones[:, :, :offset]  # (B, Hkv, m, d+1)
+        phi_k, v_ones = phi_k[:, :, offset:], v_ones[:, :, offset:]  # key offset+i sits at query i
+        chunks = []
+        for start in range(0, q_len, self.causal_chunk):
+            stop = min(start + self.causal_chunk, q_len)
+            q_chunk = phi_q[..., start:stop, :]  # (B, Hkv, G, c, m)
+            k_chunk, v_chunk = phi_k[:, :, start:stop], v_ones[:, :, start:stop]
+            causal = self.chunk_causal[: stop - start, : stop - start]
+            within = (q_chunk @ k_chunk.transpose(-1, -2).unsqueeze(2)) * causal  # (B, Hkv, G, c, c)
+            chunks.append(q_chunk @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
+            state = state + k_chunk.transpose(-1, -2) @ v_chunk
+        out = torch.cat(chunks, dim=3)  # (B, Hkv, G, Nq, d+1)
+        return out.flatten(2, 3)
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features."""
+        q, k, v = q.double(), k.double(), v.double()
+        x_scale = q.shape[-1] ** -0.25
+        w = self.features.double()
+
+        def phi(x: torch.Tensor) -> torch.Tensor:
+            x = x * x_scale
+            return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(self.num_features)
+
+        kernel = phi(q) @ expand_kv_heads(phi(k), q.shape[1]).transpose(-1, -2)  # (B, Hq, Nq, Nk)
+        kernel = kernel * self.problem.allowed_mask()
+        return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+
+
+def _flops(problem: Problem, hparams: dict) -> float:
+    m, d = hparams["num_features"], problem.head_dim
+    q_rows, k_rows = problem.q_heads * problem.q_len, problem.kv_heads * problem.kv_len
+    features = 2 * (q_rows + k_rows) * m * d
+    sums = 2 * k_rows * m * (d + 1) + 2 * q_rows * m * (d + 1)  # phi(K)^T [V, 1] and phi(Q) times it
+    within_chunks = 2 * q_rows * min(hparams["causal_chunk"], problem.q_len) * (m + d + 1) if problem.causal else 0
+    return float(problem.batch * (features + sums + within_chunks))
+
+
+@register(
+    family="kernel",
+    exact=False,
+    time="N*m*d",
+    memory="N*m",
+    flops=_flops,
+    check_hparams={"num_features": 32, "causal_chunk": 7},
+)
+def performer(
+    problem: Problem, *, num_features: int = 256, redraw: bool = False, seed: int = 0, causal_chunk: int = 128
+) -> Attention:
+    """Performer FAVOR+: positive orthogonal random features, softmax kernel estimated in O(N*m*d)."""
+    return PerformerAttention(problem, num_features, redraw, seed, causal_chunk)

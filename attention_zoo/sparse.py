@@ -1,0 +1,230 @@
+"""Sliding-window attention (Longformer's band), optionally with global tokens, in O(N*w) time and memory.
+
+The window convention, shared with flex.py through `window_predicate` so it lives in one place:
+- Query i sits on the key axis at p = i + (Nk - Nq), the bottom-right alignment used for causal.
+- Non-causal: query i attends keys j with |j - p| <= window (its own key plus `window` keys on each
+  side, at most 2*window + 1 keys). Causal: p - window <= j <= p (its own key plus `window` back).
+- Global tokens are the first `global_tokens` key positions 0..g-1 (Longformer): every query attends
+  them, and a query whose position p lies in 0..g-1 attends every key. Causal problems stay causal:
+  a query sees global key j only when j <= p, and a global query's row is a causal row.
+- Padding keys (j >= kv_valid_lens[b]) are never attended. A query left with no key (cross-attention
+  with Nq > Nk puts some queries at p < -window) outputs zeros.
+
+The computation is Longformer's chunked band: queries are cut into blocks of `block` rows; block c
+attends one contiguous key slab of block + window + right keys (right = window, or 0 when causal),
+read as a strided view of the zero-padded K and V, so scores are (blocks, block, slab) and the
+N x N score matrix never exists. Global keys are g extra score columns softmaxed together with the
+slab (and masked inside the slab so no key counts twice); the at most g global query rows are
+computed as full rows and written over their banded rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.reference import dense_attention
+from attention_zoo.registry import HyperparameterError, register
+
+Predicate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_window_hparams(entry: str, window: int, global_tokens: int = 0) -> None:
+    """One-line HyperparameterError for a window below 1 or a negative number of global tokens."""
+    for field, value, low in (("window", window, 1), ("global_tokens", global_tokens, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be an integer >= {low}")
+
+
+def window_predicate(problem: Problem, window: int, global_tokens: int) -> Predicate:
+    """allowed(batch_idx, q_idx, kv_idx) -> bool, broadcasting like a flex_attention mask_mod: the one
+    definition of the window + global + causal + padding convention described in the module docstring.
+
+    Branch-free, with every setting a captured tensor, so a compiled flex_attention treats two problems of
+    the same shape as the same graph instead of recompiling for each window, offset or causal flag.
+    """
+
+    def constant(value: int) -> torch.Tensor:
+        return torch.tensor(value, device=problem.device)
+
+    offset, back, g = constant(problem.causal_offset), constant(window), constant(global_tokens)
+    ahead = constant(0 if problem.causal else window)
+    # how far right of its position a query may look at all: the whole key axis unless causal
+    reach = constant(0 if problem.causal else problem.q_len + problem.kv_len)
+    valid = torch.tensor(problem.kv_valid_lens or (problem.kv_len,) * problem.batch, device=problem.device)
+
+    def allowed(batch_idx: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        position = q_idx + offset
+        in_band = (kv_idx >= position - back) & (kv_idx <= position + ahead)
+        is_global = (kv_idx < g) | ((position >= 0) & (position < g))
+        return (in_band | is_global) & (kv_idx <= position + reach) & (kv_idx < valid[batch_idx])
+
+    return allowed
+
+
+def window_allowed(problem: Problem, window: int, global_tokens: int) -> torch.Tensor:
+    """bool (B, 1, Nq, Nk), True = attend: the dense form of the window convention (for oracles only)."""
+    allowed = window_predicate(problem, window, global_tokens)
+    batch_idx = torch.arange(problem.batch, device=problem.device)[:, None, None, None]
+    q_idx = torch.arange(problem.q_len, device=problem.device)[:, None]
+    return allowed(batch_idx, q_idx, torch.arange(problem.kv_len, device=problem.device))
+
+
+class BandLayout:
+    """The block geometry of the banded computation and its masks, all O(N*(w+g)) in size."""
+
+    def __init__(self, problem: Problem, window: int, global_tokens: int) -> None:
+        self.problem = problem
+        self.window = window
+        self.global_tokens = min(global_tokens, problem.kv_len)
+        # half a window per block keeps the slab overhead (block + 2w) / (2w + 1) near 1.25
+        self.block = max(1, window // 2)
+        self.blocks = math.ceil(problem.q_len / self.block)
+        self.slab = self.block + window + (0 if problem.causal else window)
+        # padded key index t holds key position t + first_key; block c's slab starts at t = c * block
+        self.first_key = problem.causal_offset - window
+        self.padded_len = (self.blocks - 1) * self.block + self.slab
+        offset = problem.causal_offset
+        # global query rows are the queries whose position lies in 0..g-1
+        self.global_rows = range(max(0, -offset), max(0, min(problem.q_len, self.global_tokens - offset)))
+
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """bool masks, True = attend: slab (B', nb, b, slab), global keys (B', nb, b, g), global rows (B', 1, r, Nk).
+
+        B' is 1 without padding (every sequence shares the masks). Slab keys below g are masked out:
+        the global-key columns carry them.
+        """
+        problem, device = self.problem, self.problem.device
+        allowed = window_predicate(problem, self.window, self.global_tokens)
+        batches = problem.batch if problem.kv_valid_lens is not None else 1
+        batch_idx = torch.arange(batches, device=device)[:, None, None, None]
+        block_start = torch.arange(self.blocks, device=device)[:, None, None] * self.block
+        q_idx = block_start + torch.arange(self.block, device=device)[:, None]  # (nb, b, 1)
+        kv_idx = block_start + self.first_key + torch.arange(self.slab, device=device)  # (nb, 1, slab)
+        slab = allowed(batch_idx, q_idx, kv_idx) & (kv_idx >= self.global_tokens)
+        global_keys = allowed(batch_idx, q_idx, torch.arange(self.global_tokens, device=device))
+        rows = torch.arange(self.global_rows.start, self.global_rows.stop, device=device)[:, None]
+        global_rows = allowed(batch_idx, rows, torch.arange(problem.kv_len, device=device))
+        return slab, global_keys, global_rows
+
+    def computed_pairs(self) -> int:
+        """(query, key) score pairs computed per head, summed over the batch (padding rows and slab waste included)."""
+        per_sequence = self.blocks * self.block * (self.slab + self.global_tokens)
+        return self.problem.batch * (per_sequence + len(self.global_rows) * self.problem.kv_len)
+
+    def attended_pairs(self) -> int:
+        """(query, key) pairs inside the window convention per head, summed over the batch."""
+        slab, global_keys, global_rows = self.masks()
+        banded = slab.sum(-1) + global_keys.sum(-1)  # (B', nb, b)
+        banded = banded.flatten(1)[:, : self.problem.q_len]
+        banded[:, self.global_rows.start : self.global_rows.stop] = global_rows.sum(-1).flatten(1)
+        total = int(banded.sum())
+        return total if banded.shape[0] == self.problem.batch else total * self.problem.batch
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+class SlidingWindowAttention(Attention):
+    """Banded attention by query blocks against contiguous key slabs; GQA by broadcasting, no K/V copy per head."""
+
+    def __init__(self, problem: Problem, window: int, global_tokens: int) -> None:
+        super().__init__(problem)
+        self.window, self.global_tokens = window, global_tokens
+        self.scale = 1.0 / math.sqrt(problem.head_dim)
+        self.layout = layout = BandLayout(problem, window, global_tokens)
+        slab, global_keys, global_rows = layout.masks()
+        live = slab.any(-1) | global_keys.any(-1)  # (B', nb, b)
+        # a row with no key would softmax to NaN (and poison gradients): give it finite scores, zero its output
+        slab |= ~live[..., None]
+        global_keys |= ~live[..., None]
+        dead_queries = ~live.flatten(1)[:, : problem.q_len]
+        dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
+        self.row_keep = live[:, None, :, None, :, None].to(problem.torch_dtype) if dead_queries.any() else None
+        dtype = problem.torch_dtype
+        self.slab_bias = _additive(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
+        self.global_key_bias = _additive(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
+        self.global_row_bias = _additive(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        layout = self.layout
+        batch, kv_heads, kv_len, head_dim = k.shape
+        q_len, group, block, blocks = q.shape[2], q.shape[1] // kv_heads, layout.block, layout.blocks
+        g = layout.global_tokens
+        # queries: (B, Hq, Nq, D) -> (B, Hkv, nb, G*b, D), the G heads sharing a K/V head stacked per block
+        q_blocks = F.pad(q * self.scale, (0, 0, 0, blocks * block - q_len))
+        q_blocks = q_blocks.view(batch, kv_heads, group, blocks, block, head_dim).transpose(2, 3)
+        q_blocks = q_blocks.reshape(batch, kv_heads, blocks, group * block, head_dim)
+        # keys: zero-padded so block c's slab is padded[c*b : c*b + slab]; unfold gives overlapping views
+        front = -layout.first_key
+        back = layout.padded_len - front - kv_len
+        k_slabs = F.pad(k, (0, 0, front, back)).unfold(2, layout.slab, block)  # (B, Hkv, nb, D, slab)
+        v_slabs = F.pad(v, (0, 0, front, back)).unfold(2, layout.slab, block).transpose(-1, -2)
+        scores = (q_blocks @ k_slabs).view(batch, kv_heads, blocks, group, block, layout.slab)
+        scores += self.slab_bias
+        if g:
+            global_scores = (q_blocks @ k[:, :, None, :g].transpose(-1, -2)).view(
+                batch, kv_heads, blocks, group, block, g
+            )
+            global_scores += self.global_key_bias
+            scores = torch.cat([scores, global_scores], dim=-1)
+        probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, blocks, group * block, layout.slab + g)
+        out = probs[..., : layout.slab] @ v_slabs
+        if g:
+            out = out + probs[..., layout.slab :] @ v[:, :, None, :g]
+        out = out.view(batch, kv_heads, blocks, group, block, head_dim)
+        if self.row_keep is not None:
+            out = out * self.row_keep
+        out = out.transpose(2, 3).reshape(batch, kv_heads * group, blocks * block, head_dim)[:, :, :q_len]
+        rows = layout.global_rows
+        if not rows:
+            return out
+        return torch.cat([out[:, :, : rows.start], self._global_rows(q, k, v), out[:, :, rows.stop :]], dim=2)
+
+    def _global_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The global queries' full rows against every key: (B, Hq, r, D), O(g*N)."""
+        batch, kv_heads, kv_len, head_dim = k.shape
+        rows = self.layout.global_rows
+        group = q.shape[1] // kv_heads
+        q_rows = (q[:, :, rows.start : rows.stop] * self.scale).view(batch, kv_heads, group * len(rows), head_dim)
+        scores = (q_rows @ k.transpose(-1, -2)).view(batch, kv_heads, group, len(rows), kv_len)
+        scores += self.global_row_bias
+        probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, group * len(rows), kv_len)
+        return (probs @ v).view(batch, kv_heads * group, len(rows), head_dim)
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
+
+
+def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Forward FLOPs of the banded computation: every computed score pair, slab waste included."""
+    layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
+    return 4.0 * problem.q_heads * problem.head_dim * layout.computed_pairs()
+
+
+@register(family="sparse", exact=False, time="N*w", memory="N*w", flops=computed_flops, check_hparams={"window": 5})
+def sliding_window(problem: Problem, *, window: int = 256) -> Attention:
+    """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
+    check_window_hparams("sliding_window", window)
+    return SlidingWindowAttention(problem, window, 0)
+
+
+@register(
+    family="sparse",
+    exact=False,
+    time="N*(w+g)",
+    memory="N*(w+g)",
+    flops=computed_flops,
+    check_hparams={"window": 5, "global_tokens": 3},
+)
+def window_global(problem: Problem, *, window: int = 256, global_tokens: int = 16) -> Attention:
+    """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
+    check_window_hparams("window_global", window, global_tokens)
+    return SlidingWindowAttention(problem, window, global_tokens)

@@ -1,0 +1,159 @@
+"""Expand a config into cells (impl x problem x hyperparameters x mode), checking every value before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import attention_zoo
+from attention_zoo import Problem
+
+# the registry's passes each benchmark mode runs
+MODE_PASSES = {"fwd": ("forward",), "bwd": ("forward", "backward"), "fwd_bwd": ("forward", "backward")}
+GLOB_CHARS = set("*?[")
+
+
+class BenchConfigError(ValueError):
+    """A config value that cannot describe a sweep; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: an implementation with resolved hyperparameters, on one problem, in one mode."""
+
+    impl: str
+    problem: Problem
+    mode: str
+    hparams: Mapping[str, Any]
+    padding: float  # the sweep's padding fraction that produced problem.kv_valid_lens
+
+    @property
+    def cell_id(self) -> str:
+        """A stable hash of what is measured, used to resume runs and merge results."""
+        spec = {"impl": self.impl, "mode": self.mode, "hparams": dict(self.hparams), **dataclasses.asdict(self.problem)}
+        return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _axis(sweep: Mapping[str, Any], name: str, kinds: tuple[type, ...], allowed: tuple | None = None) -> list:
+    """One sweep axis as a non-empty list, each value of an allowed type (a scalar means a list of one)."""
+    values = sweep[name] if isinstance(sweep[name], list) else [sweep[name]]
+    if not values:
+        raise BenchConfigError(f"sweep.{name}=[] is empty: give at least one value")
+    type_names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+    for value in values:
+        # bool is an int in Python, but `heads: true` is a mistake, not 1 head
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BenchConfigError(
+                f"sweep.{name} value {value!r} is invalid: expected {type_names} (or a list of them)"
+            )
+        if allowed is not None and value not in allowed:
+            raise BenchConfigError(f"sweep.{name} value {value!r} is unknown: allowed are {', '.join(allowed)}")
+    return values
+
+
+def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
+    """Every problem of the grid, shortest sequences first, with the padding fraction that made it."""
+    axes = [
+        _axis(sweep, "seq_lens", (int,)),
+        _axis(sweep, "batch", (int,)),
+        _axis(sweep, "heads", (int,)),
+        _axis(sweep, "kv_heads", (int, type(None))),
+        _axis(sweep, "head_dims", (int,)),
+        _axis(sweep, "causal", (bool,)),
+        _axis(sweep, "padding", (float, int)),
+        _axis(sweep, "dtypes", (str,)),
+        _axis(sweep, "devices", (str,)),
+    ]
+    problems = []
+    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(*axes):
+        if not 0 <= padding < 1:
+            raise BenchConfigError(f"sweep.padding value {padding!r} is invalid: it must be in [0, 1)")
+        # every sequence of the batch keeps the same number of keys: padding is the fraction cut off
+        valid = max(1, round(seq_len * (1 - padding)))
+        problem = Problem(
+            batch=batch,
+            q_heads=heads,
+            kv_heads=kv_heads,
+            q_len=seq_len,
+            head_dim=head_dim,
+            causal=causal,
+            kv_valid_lens=(valid,) * batch if padding else None,
+            dtype=dtype,
+            device=device,
+        )
+        problems.append((problem, float(padding)))
+    return problems
+
+
+def select_impls(impls: Mapping[str, Any]) -> list[str]:
+    """Registered names matching the patterns (and the exact filter); a pattern matching nothing is an error."""
+    if not impls["patterns"]:
+        raise BenchConfigError("impls.patterns=[] is empty: give at least one name or glob, e.g. ['*']")
+    names: list[str] = []
+    for pattern in impls["patterns"]:
+        matched = attention_zoo.list_impls(pattern)
+        if not matched and not GLOB_CHARS & set(pattern):
+            attention_zoo.get(pattern)  # raises UnknownImplError naming close matches
+        if not matched:
+            registered = ", ".join(attention_zoo.list_impls())
+            raise BenchConfigError(f"impls pattern {pattern!r} matches no implementation; registered are: {registered}")
+        names += [name for name in matched if name not in names]
+    if impls["exact"] is not None:
+        names = [name for name in names if attention_zoo.get(name).exact == impls["exact"]]
+        if not names:
+            raise BenchConfigError(f"impls.exact={impls['exact']} leaves none of {impls['patterns']} to run")
+    return names
+
+
+def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The entry's resolved hyperparameters, one dict per combination of the swept (list) values."""
+    entry = attention_zoo.get(name)
+    entry.resolve_hparams(overrides)  # an unknown name fails here, before any combination is built
+    swept = {key: value if isinstance(value, list) else [value] for key, value in overrides.items()}
+    for key, values in swept.items():
+        if not values:
+            raise BenchConfigError(f"impls.hparams.{name}.{key}=[] is empty: give at least one value")
+    return [
+        entry.resolve_hparams(dict(zip(swept, combo, strict=False))) for combo in itertools.product(*swept.values())
+    ]
+
+
+def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
+    """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    impls, sweep = plain["impls"], plain["sweep"]
+    for module in plain.get("imports", []):
+        importlib.import_module(module)  # extra entries (plugins, tests) register on import
+    names = select_impls(impls)
+    for name in impls["hparams"]:
+        attention_zoo.get(name)  # a typo in a hyperparameter block's name is an error, not silence
+    grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
+    modes = _axis(sweep, "modes", (str,), tuple(MODE_PASSES))
+    return [
+        Cell(impl=name, problem=problem, mode=mode, hparams=hparams, padding=padding)
+        for problem, padding in _problems(sweep)
+        for name in names
+        for hparams in grids[name]
+        for mode in modes
+    ]
+
+
+def unsupported_reason(cell: Cell) -> str | None:
+    """Why the cell cannot run here (the entry's own reason, or no CUDA), or None when it can."""
+    if cell.problem.device_type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    entry = attention_zoo.get(cell.impl)
+    for registry_mode in MODE_PASSES[cell.mode]:
+        reason = entry.unsupported_reason(cell.problem, registry_mode)
+        if reason:
+            return reason
+    return None

@@ -1,0 +1,51 @@
+"""What the numbers were measured on: versions, machine, threads, commit; recorded with every row."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" when unknown)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def device_name(device: str) -> str:
+    """A human name for the device a cell runs on: the GPU's name, or the CPU model."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def git_commit() -> str:
+    """HEAD's commit, with "+dirty" when the tree has uncommitted changes ("" outside a git checkout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def environment(threads: int, concurrent_jobs: int) -> dict[str, Any]:
+    """The environment columns shared by every row of a run (device_name and timestamp are per row)."""
+    return {
+        "torch_version": torch.__version__,
+        "cpu_model": cpu_model(),
+        "threads": threads,
+        "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
+        "concurrent_jobs": concurrent_jobs,
+    }

@@ -1,0 +1,82 @@
+"""Measure one cell, top to bottom: build, warm up, time, peak memory, error. Runs inside the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import attention_zoo
+from bench.accuracy import error_vs_exact
+from bench.cases import Cell
+from bench.memory import measure_peak
+from bench.timing import synchronize, timer_for
+
+
+def mode_calls(impl: torch.nn.Module, q, k, v, mode: str) -> tuple[Callable[[], Any], Callable[[Any], torch.Tensor]]:
+    """(prepare, run) for a mode: only run is timed, and it returns the forward output.
+
+    fwd: run is the forward (inputs do not require grad). bwd: prepare does the forward, run only
+    out.backward(grad_out). fwd_bwd: run does both. Gradients are cleared in prepare, untimed.
+    """
+    if mode == "fwd":
+        return (lambda: None), (lambda _: impl(q, k, v))
+    grad_out = torch.randn_like(q)
+
+    def clear_grads() -> None:
+        for x in (q, k, v):
+            x.grad = None
+
+    def forward_then_backward(_: Any) -> torch.Tensor:
+        out = impl(q, k, v)
+        out.backward(grad_out)
+        return out
+
+    def backward(out: torch.Tensor) -> torch.Tensor:
+        out.backward(grad_out)
+        return out
+
+    if mode == "bwd":
+        return (lambda: (clear_grads(), impl(q, k, v))[1]), backward
+    return clear_grads, forward_then_backward
+
+
+def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
+    problem, device_type = cell.problem, cell.problem.device_type
+    q, k, v = problem.make_inputs(seed=seed, requires_grad=cell.mode != "fwd")  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
+
+    # setup: build (projections, masks, compiled code) and warm up, timed together as setup_ms
+    started = time.perf_counter()
+    impl = attention_zoo.get(cell.impl).build(problem, **cell.hparams)
+    prepare, run = mode_calls(impl, q, k, v, cell.mode)
+    calls = 0
+    while calls < timing["warmup_calls"] or time.perf_counter() - started < timing["warmup_s"]:
+        run(prepare())
+        calls += 1
+    synchronize(device_type)
+    setup_ms = (time.perf_counter() - started) * 1e3
+
+    # timed repetitions: raw samples kept, statistics from them
+    samples = timer_for(device_type)(prepare, run, timing["min_samples"], timing["max_samples"], timing["budget_s"])
+
+    # peak memory of one more call, apart from timing; its forward output gives the error
+    state = prepare()
+    peak_bytes, out = measure_peak(device_type, lambda: run(state))
+    error = error_vs_exact(problem, out.detach(), q.detach(), k.detach(), v.detach())
+
+    return {
+        "status": "ok",
+        "reason": "",
+        "setup_ms": setup_ms,
+        "time_ms_median": samples.median,
+        "time_ms_iqr": samples.iqr,
+        "time_ms_min": samples.min,
+        "time_ms_samples": list(samples.ms),
+        "n_samples": len(samples.ms),
+        "noisy": samples.noisy,
+        "peak_bytes": peak_bytes,
+        **error,
+    }

@@ -1,0 +1,86 @@
+"""Peak memory of one call (CPU: VmHWM after a clear_refs reset; CUDA: allocator stats), and its prediction.
+
+On CPU the peak is process-wide: peak_bytes = VmHWM during the call - VmRSS before it. glibc keeps
+freed memory for reuse, so a call could run in memory an earlier call freed and show no peak; the
+worker therefore calls `return_freed_memory_to_os` once at start, and `measure_peak` trims first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.cases import Cell
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter numbers from glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's default, but fixed: a fixed value turns off its dynamic raising
+DENSE_SCORE_COPIES = {"fwd": 2, "bwd": 4, "fwd_bwd": 4}  # scores + probs; backward adds their gradients
+LINEAR_MEMORY_FACTOR = 4  # workspace of O(N)-memory entries, in multiples of their inputs and outputs
+REFERENCE_ROWS = 256  # query rows of the float64 error reference (see accuracy.py)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def return_freed_memory_to_os() -> None:
+    """Serve every allocation above 128 KiB by mmap, so freeing it lowers RSS and the next peak is seen."""
+    _libc().mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def status_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM, ...) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(f"/proc/{pid}/status has no {field}")
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo: what can be allocated without swapping or the OOM killer."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("/proc/meminfo has no MemAvailable")
+
+
+def measure_peak(device_type: str, call: Callable[[], Any]) -> tuple[int, Any]:
+    """(peak bytes of call() above what was held before it, call's result)."""
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = call()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before, result
+    _libc().malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = status_bytes("VmRSS")
+    result = call()
+    return max(0, status_bytes("VmHWM") - before), result
+
+
+def predict_bytes(cell: Cell, memory_exponent: float) -> int:
+    """Memory the cell should need, from the entry's declared memory complexity; used to skip hopeless cells.
+
+    Quadratic entries hold the B*Hq*Nq*Nk scores and probabilities (and in backward their gradients);
+    the others a few times their inputs and outputs. The float64 error reference adds its sampled rows.
+    """
+    p = cell.problem
+    itemsize = p.torch_dtype.itemsize
+    q_and_out = 2 * p.batch * p.q_heads * p.q_len * p.head_dim
+    k_and_v = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
+    io_bytes = (q_and_out + k_and_v) * itemsize * (1 if cell.mode == "fwd" else 2)  # with gradients
+    scores = p.batch * p.q_heads * p.q_len * p.kv_len
+    if memory_exponent >= 2:
+        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * itemsize + io_bytes
+    else:
+        work_bytes = LINEAR_MEMORY_FACTOR * io_bytes
+    # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v
+    reference_bytes = 8 * (2 * p.batch * p.q_heads * min(p.q_len, REFERENCE_ROWS) * p.kv_len + 2 * k_and_v)
+    return int(work_bytes + reference_bytes)

@@ -1,0 +1,210 @@
+"""The report's numbers as tables and headline sentences: speedups, crossovers, accuracy, statuses.
+
+Raw frames (speedup, accuracy, crossover_frame) keep numbers for further use; the *_table
+functions turn them into frames of display strings shared by report.html and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench import fit
+
+HEADLINE_N = 4096  # a size people ask about by name; quoted when measured
+FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
+
+
+def _g(value: float, spec: str = ".3g") -> str:
+    """A number for a table cell; missing numbers stay blank rather than printing 'nan'."""
+    return "" if pd.isna(value) else format(value, spec)
+
+
+def _n(value: float) -> str:
+    return "" if pd.isna(value) else f"{round(value):d}"
+
+
+def speedup(rows: pd.DataFrame, baseline: str, axes: Sequence[str]) -> pd.DataFrame:
+    """time_baseline / time_series per (axes, series, N) over ok cells, medians of repeated cells."""
+    keys = [*axes, "panel", "seq_len"]
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    median = ok.groupby([*keys, "impl", "series"], dropna=False)["time_ms_median"].median().reset_index()
+    base = median[median["series"] == baseline][[*keys, "time_ms_median"]].rename(columns={"time_ms_median": "base_ms"})
+    paired = median[median["series"] != baseline].merge(base, on=keys)
+    paired["speedup"] = paired["base_ms"] / paired["time_ms_median"]
+    return paired
+
+
+def speedup_table(speedup: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """One row per (axes, series), one column per N: 'x.xx×' (above 1: faster than the baseline)."""
+    if not len(speedup):
+        return pd.DataFrame()
+    wide = speedup.pivot_table(index=[*axes, "series"], columns="seq_len", values="speedup", dropna=False)
+    wide = wide.map(lambda v: "" if pd.isna(v) else f"{v:.2f}×")
+    wide.columns = [f"N={n}" for n in wide.columns]
+    return wide.reset_index()
+
+
+def crossover_frame(rows: pd.DataFrame, baseline: str, axes: Sequence[str]) -> pd.DataFrame:
+    """fit.crossovers in time (time_*) and in memory (memory_*) for every series but the baseline and full."""
+    exclude = rows.loc[rows["impl"].isin((baseline, "full")), "series"].unique()
+    keys = [*axes, "panel", "series"]
+    frames = []
+    for prefix, value in (("time_", "time_ms_median"), ("memory_", "peak_bytes")):
+        frame = fit.crossovers(rows, baseline, "series", [*axes, "panel"], value, exclude)
+        frames.append(frame.rename(columns={c: prefix + c for c in frame.columns if c not in keys}))
+    return frames[0].merge(frames[1], on=keys, how="outer")
+
+
+def crossover_text(frame: pd.DataFrame, prefix: str) -> pd.Series:
+    """'N <= N_min', 'N ≈ n', 'not in range' or 'no common N' for each crossover row."""
+
+    def text(row) -> str:
+        if pd.isna(row[prefix + "n_min"]):
+            return "no common N"
+        if row[prefix + "wins_at_n_min"]:
+            return f"N <= {_n(row[prefix + 'n_min'])}"
+        if pd.isna(row[prefix + "crossover_n"]):
+            return "not in range"
+        return f"N ≈ {_n(row[prefix + 'crossover_n'])}"
+
+    return frame.apply(text, axis=1) if len(frame) else pd.Series(dtype=str)
+
+
+def crossover_table(frame: pd.DataFrame, axes: Sequence[str], baseline: str) -> pd.DataFrame:
+    """The crossover frame as display strings."""
+    if not len(frame):
+        return pd.DataFrame()
+    table = frame[[*axes, "series"]].copy()
+    table["faster (time crossover)"] = crossover_text(frame, "time_")
+    table["less memory (memory crossover)"] = crossover_text(frame, "memory_")
+    table["N range compared (time)"] = frame["time_n_min"].map(_n) + ".." + frame["time_n_max"].map(_n)
+    return table
+
+
+def accuracy(rows: pd.DataFrame, speedup: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """Ok cells of approximate entries with their error against full attention and speedup."""
+    approximate = rows[(rows["status"] == "ok") & ~rows["exact"].astype(bool) & rows["error_rel_l2"].notna()]
+    keys = [*axes, "panel", "series", "seq_len"]
+    return approximate.merge(speedup[[*keys, "speedup"]], on=keys, how="left")
+
+
+def _hparams_text(hparams: str) -> str:
+    """The resolved-hyperparameters JSON as 'name=value, ...' ('' when the entry has none)."""
+    try:
+        values = json.loads(hparams) if isinstance(hparams, str) and hparams else {}
+    except json.JSONDecodeError:
+        return hparams
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def accuracy_table(accuracy: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """impl, hyperparameters, N, errors, time and speedup per approximate cell."""
+    if not len(accuracy):
+        return pd.DataFrame()
+    ordered = accuracy.sort_values([*axes, "impl", "seq_len", "hp_order"])
+    table = ordered[[*axes, "impl"]].copy()
+    table["hyperparameters"] = ordered["hparams"].map(_hparams_text)
+    table["N"] = ordered["seq_len"].map(_n)
+    table["error_rel_l2"] = ordered["error_rel_l2"].map(_g)
+    table["error_max_abs"] = ordered["error_max_abs"].map(_g)
+    table["time (ms)"] = ordered["time_ms_median"].map(_g)
+    table["speedup"] = ordered["speedup"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}×")
+    return table
+
+
+def exponent_table(time_fit: pd.DataFrame, memory_fit: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """Per series: fitted (asymptotic) time and memory exponents beside the declared ones, with fit details."""
+    keys = [*axes, "series"]
+    parts = []
+    for metric, fitted in (("time", time_fit), ("memory", memory_fit)):
+        table = fitted[keys].copy()
+        table[f"{metric} exponent"] = fitted["exponent"].map(lambda v: _g(v, ".2f"))
+        table[f"{metric} declared"] = fitted["declared"].map(lambda v: _g(v, ".2g"))
+        table[f"{metric} check"] = np.where(fitted["disagrees"], "disagrees", "")
+        table[f"{metric} fit N (points, R²)"] = (
+            fitted["n_min"].map(_n) + ".." + fitted["n_max"].map(_n)
+            + " (" + fitted["points"].astype(str) + ", " + fitted["r2"].map(lambda v: _g(v, ".3f")) + ")"
+        )  # fmt: skip
+        table[f"{metric} exponent (all points)"] = fitted["exponent_all"].map(lambda v: _g(v, ".2f"))
+        parts.append(table)
+    return parts[0].merge(parts[1], on=keys, how="outer").sort_values(keys, kind="stable")
+
+
+def status_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Cells per impl and status."""
+    if not len(rows):
+        return pd.DataFrame()
+    counts = pd.crosstab(rows["impl"], rows["status"], margins=True, margins_name="total")
+    return counts.reset_index().astype(str)
+
+
+def not_measured(rows: pd.DataFrame, axes: Sequence[str], unsupported: bool) -> pd.DataFrame:
+    """Cells without a measurement, grouped by impl, status and reason, with the N values affected."""
+    chosen = rows["status"] == "unsupported" if unsupported else rows["status"].isin(FAILED_STATUSES)
+    cells = rows[chosen]
+    if not len(cells):
+        return pd.DataFrame()
+    grouped = cells.groupby(["series", "status", "reason", *axes], dropna=False)["seq_len"]
+    table = grouped.agg(lambda n: ", ".join(str(v) for v in sorted(set(n)))).rename("N").reset_index()
+    table["cells"] = grouped.size().to_numpy()
+    return table.astype(str)
+
+
+def environment_columns(rows: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Per run_id, the distinct values of the environment columns recorded in its rows."""
+    present = [c for c in columns if c in rows.columns]
+    if not len(rows) or "run_id" not in rows.columns:
+        return pd.DataFrame()
+    return rows.groupby("run_id")[present].agg(lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))).reset_index()
+
+
+def _fastest(cells: pd.DataFrame, n: int, failed: pd.DataFrame, why: str) -> str:
+    """'At N=… (why) the fastest is X at t ms; then …' with the series that did not finish there."""
+    at_n = cells[cells["seq_len"] == n].groupby("series")["time_ms_median"].median().sort_values()
+    ranking = [f"{name} {_g(ms)} ms" for name, ms in at_n.items()]
+    sentence = f"At N={n} ({why}) the fastest is {ranking[0]}"
+    if len(ranking) > 1:
+        sentence += "; then " + ", ".join(ranking[1:4])
+    missing = failed[failed["seq_len"] == n]
+    if len(missing):
+        finished = ", ".join(f"{s} ({st})" for s, st in zip(missing["series"], missing["status"], strict=True))
+        sentence += f"; did not finish there: {finished}"
+    return sentence + "."
+
+
+def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, accuracy: pd.DataFrame, baseline: str) -> list[dict]:
+    """Per panel: fastest series at the largest N (and at HEADLINE_N), crossovers, accuracy at the largest N."""
+    sections = []
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    for panel, cells in ok.groupby("panel", sort=True):
+        failed = rows[(rows["panel"] == panel) & rows["status"].isin(FAILED_STATUSES)]
+        n_max = int(cells["seq_len"].max())
+        items = [_fastest(cells, n_max, failed, "largest measured")]
+        if HEADLINE_N in set(cells["seq_len"]) and n_max != HEADLINE_N:
+            items.append(_fastest(cells, HEADLINE_N, failed, "a common size"))
+        here = crossing[crossing["panel"] == panel]
+        time_text, memory_text = crossover_text(here, "time_"), crossover_text(here, "memory_")
+        neither = (time_text == "not in range") & (memory_text == "not in range")
+        for series, time, memory in zip(
+            here["series"][~neither], time_text[~neither], memory_text[~neither], strict=True
+        ):
+            items.append(f"{series} vs {baseline}: faster: {time}; less memory: {memory}.")
+        if neither.any():  # one line for the many entries that never win, instead of one each
+            names = ", ".join(here["series"][neither])
+            items.append(f"Neither faster nor smaller than {baseline} within the measured N: {names}.")
+        top = accuracy[(accuracy["panel"] == panel)] if len(accuracy) else accuracy
+        if len(top):
+            largest = top[top["seq_len"] == top["seq_len"].max()].sort_values(["impl", "hp_order"])
+            parts = [
+                f"{a['series']}: {_g(a['error_rel_l2'])}"
+                + ("" if pd.isna(a["speedup"]) else f" at {a['speedup']:.2f}× {baseline}'s speed")
+                for _, a in largest.iterrows()
+            ]
+            n = int(largest["seq_len"].iloc[0])
+            items.append(f"Accuracy at N={n} (rel. L2 error vs full): " + "; ".join(parts) + ".")
+        sections.append({"panel": panel or "all cells", "items": items})
+    return sections

@@ -1,0 +1,48 @@
+"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang.
+
+Imported by the runner and the worker through the config's `imports`; tests unregister them afterwards.
+"""
+
+import os
+import signal
+import time
+
+import torch
+
+from attention_zoo import Attention, Problem, register
+
+
+class Misbehaving(Attention):
+    """Does `act()` instead of attention."""
+
+    def __init__(self, problem: Problem, act) -> None:
+        super().__init__(problem)
+        self.act = act
+
+    def forward(self, q, k, v):
+        self.act()
+        return q
+
+
+def hog_memory() -> None:
+    held = [torch.ones(256 * 2**20, dtype=torch.uint8) for _ in range(24)]  # 6 GiB unless stopped first
+    del held
+
+
+BEHAVIOURS = {
+    "_bench_test_exit": lambda: os._exit(3),
+    "_bench_test_sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    "_bench_test_hog": hog_memory,
+    "_bench_test_hang": lambda: time.sleep(60),
+}
+
+
+def _register(name: str, act) -> None:
+    def build(problem: Problem) -> Attention:
+        return Misbehaving(problem, act)
+
+    register(family="full", exact=True, time="N^2", memory="N", name=name)(build)
+
+
+for _name, _act in BEHAVIOURS.items():
+    _register(_name, _act)
