@@ -1,8 +1,10 @@
 """Peak memory of one call (CPU: VmHWM after a clear_refs reset; CUDA: allocator stats), and its prediction.
 
 On CPU the peak is process-wide: peak_bytes = VmHWM during the call - VmRSS before it. glibc keeps
-freed memory for reuse, so a call could run in memory an earlier call freed and show no peak; the
-worker therefore calls `return_freed_memory_to_os` once at start, and `measure_peak` trims first.
+freed memory for reuse, so a call could run in memory an earlier call freed and show no peak;
+`measure_peak` therefore trims the heap first (malloc_trim hands free pages back to the OS, so the
+call faults them in again and they count). The allocator is otherwise left as it is in any process:
+forcing every allocation through mmap would make each timed call page-fault its buffers afresh.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import torch
 
 from bench.cases import Cell
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter numbers from glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's default, but fixed: a fixed value turns off its dynamic raising
 DENSE_SCORE_COPIES = {"fwd": 2, "bwd": 4, "fwd_bwd": 4}  # scores + probs; backward adds their gradients
 LINEAR_MEMORY_FACTOR = 4  # workspace of O(N)-memory entries, in multiples of their inputs and outputs
 REFERENCE_ROWS = 256  # query rows of the float64 error reference (see accuracy.py)
@@ -26,11 +26,6 @@ REFERENCE_ROWS = 256  # query rows of the float64 error reference (see accuracy.
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def return_freed_memory_to_os() -> None:
-    """Serve every allocation above 128 KiB by mmap, so freeing it lowers RSS and the next peak is seen."""
-    _libc().mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def status_bytes(field: str, pid: int | str = "self") -> int:

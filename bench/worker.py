@@ -20,7 +20,7 @@ import torch
 
 from bench.flops import measure_gemm_flop_per_s
 from bench.measure import measure_cell
-from bench.memory import return_freed_memory_to_os, status_bytes
+from bench.memory import status_bytes
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 POLL_S = 0.05  # how often the runner checks the worker's memory, liveness and deadline
@@ -48,7 +48,6 @@ def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -
     """The worker's loop: receive (task, args), reply ("ok", value) or (status, reason) until the pipe closes."""
     _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
-    return_freed_memory_to_os()
     for module in imports:
         importlib.import_module(module)
     conn.send(("ready", None))
