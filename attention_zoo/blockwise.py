@@ -14,7 +14,7 @@ import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import check_positive, register
 
 
 class _Tiling:
@@ -122,9 +122,8 @@ class BlockwiseAttention(Attention):
 
     def __init__(self, problem: Problem, q_tile: int, k_tile: int) -> None:
         super().__init__(problem)
-        for field, value in (("q_tile", q_tile), ("k_tile", k_tile)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise HyperparameterError(f"blockwise {field}={value!r} is invalid: it must be a positive integer")
+        check_positive("blockwise", "q_tile", q_tile)
+        check_positive("blockwise", "k_tile", k_tile)
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         self.tiling = _Tiling(problem, q_tile, k_tile, torch.device(problem.device))
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import HyperparameterError, check_flag, check_positive, check_seed, register
 
 
 def _availability(problem: Problem) -> str | None:
@@ -40,18 +40,15 @@ class LinformerAttention(Attention):
         self, problem: Problem, proj_len: int, share_kv: bool, per_head: bool, max_len: int | None, seed: int
     ) -> None:
         super().__init__(problem)
-        if isinstance(proj_len, bool) or not isinstance(proj_len, int) or proj_len < 1:
-            raise HyperparameterError(f"linformer proj_len={proj_len!r} is invalid: it must be a positive integer")
-        for field, value in (("share_kv", share_kv), ("per_head", per_head)):
-            if not isinstance(value, bool):
-                raise HyperparameterError(f"linformer {field}={value!r} is invalid: it must be true or false")
+        check_positive("linformer", "proj_len", proj_len)
+        check_flag("linformer", "share_kv", share_kv)
+        check_flag("linformer", "per_head", per_head)
         max_len = problem.kv_len if max_len is None else max_len
         if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < problem.kv_len:
             raise HyperparameterError(
                 f"linformer max_len={max_len!r} is invalid: it must be an integer >= kv_len={problem.kv_len}, or null"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise HyperparameterError(f"linformer seed={seed!r} is invalid: it must be an integer")
+        check_seed("linformer", seed)
         generator = torch.Generator().manual_seed(seed)
         heads = problem.kv_heads if per_head else 1
         std = 1.0 / math.sqrt(proj_len)

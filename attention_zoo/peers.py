@@ -18,7 +18,7 @@ import torch
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import check_flag, check_positive, check_seed, register
 
 PEERS_EXTRA = "pip install 'attention-zoo[peers]'"
 
@@ -30,21 +30,6 @@ def _missing_reason(module: str, package: str) -> str | None:
     except ImportError as error:
         return f"{package} is not installed ({error}); {PEERS_EXTRA}"
     return None
-
-
-def _check_positive(entry: str, field: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be a positive integer")
-
-
-def _check_flag(entry: str, field: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be true or false")
-
-
-def _check_seed(entry: str, seed: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HyperparameterError(f"{entry} seed={seed!r} is invalid: it must be an integer")
 
 
 # --- local-attention ------------------------------------------------------------------------------
@@ -65,8 +50,8 @@ class PeerLocalAttention(Attention):
 
     def __init__(self, problem: Problem, window: int, exact_windowsize: bool) -> None:
         super().__init__(problem)
-        _check_positive("peer_local_attention", "window", window)
-        _check_flag("peer_local_attention", "exact_windowsize", exact_windowsize)
+        check_positive("peer_local_attention", "window", window)
+        check_flag("peer_local_attention", "exact_windowsize", exact_windowsize)
         self.window = window
         self.look_forward = 0 if problem.causal else 1
         self.exact_windowsize = exact_windowsize
@@ -167,9 +152,9 @@ class PeerLinformer(Attention):
 
     def __init__(self, problem: Problem, proj_len: int, share_kv: bool, seed: int) -> None:
         super().__init__(problem)
-        _check_positive("peer_linformer", "proj_len", proj_len)
-        _check_flag("peer_linformer", "share_kv", share_kv)
-        _check_seed("peer_linformer", seed)
+        check_positive("peer_linformer", "proj_len", proj_len)
+        check_flag("peer_linformer", "share_kv", share_kv)
+        check_seed("peer_linformer", seed)
         heads, head_dim = problem.q_heads, problem.head_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -253,9 +238,9 @@ class PeerPerformer(Attention):
 
     def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int) -> None:
         super().__init__(problem)
-        _check_positive("peer_performer", "num_features", num_features)
-        _check_flag("peer_performer", "redraw", redraw)
-        _check_seed("peer_performer", seed)
+        check_positive("peer_performer", "num_features", num_features)
+        check_flag("peer_performer", "redraw", redraw)
+        check_seed("peer_performer", seed)
         self.redraw = redraw
         # FastAttention prints a notice when it falls back from the CUDA causal kernel; the doc says it
         with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):

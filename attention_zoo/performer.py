@@ -28,7 +28,7 @@ import torch
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import check_flag, check_positive, check_seed, register
 
 
 def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -43,13 +43,10 @@ def orthogonal_random_features(num_features: int, head_dim: int, generator: torc
 
 
 def _check_hparams(num_features: object, redraw: object, seed: object, causal_chunk: object) -> None:
-    for field, value in (("num_features", num_features), ("causal_chunk", causal_chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise HyperparameterError(f"performer {field}={value!r} is invalid: it must be a positive integer")
-    if not isinstance(redraw, bool):
-        raise HyperparameterError(f"performer redraw={redraw!r} is invalid: it must be true or false")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HyperparameterError(f"performer seed={seed!r} is invalid: it must be an integer")
+    check_positive("performer", "num_features", num_features)
+    check_positive("performer", "causal_chunk", causal_chunk)
+    check_flag("performer", "redraw", redraw)
+    check_seed("performer", seed)
 
 
 class PerformerAttention(Attention):

@@ -37,6 +37,30 @@ class HyperparameterError(ValueError):
     """A hyperparameter an entry does not have, or a value it cannot use; the message is one line."""
 
 
+def check_positive(entry: str, field: str, value: object) -> None:
+    """A HyperparameterError unless value is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be a positive integer")
+
+
+def check_at_least(entry: str, field: str, value: object, low: int) -> None:
+    """A HyperparameterError unless value is an integer >= low."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be an integer >= {low}")
+
+
+def check_flag(entry: str, field: str, value: object) -> None:
+    """A HyperparameterError unless value is a bool."""
+    if not isinstance(value, bool):
+        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be true or false")
+
+
+def check_seed(entry: str, seed: object) -> None:
+    """A HyperparameterError unless the seed is an integer."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HyperparameterError(f"{entry} seed={seed!r} is invalid: it must be an integer")
+
+
 class UnsupportedError(RuntimeError):
     """Building an entry for a problem it states it cannot run."""
 

@@ -30,16 +30,15 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import check_at_least, register
 
 Predicate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_window_hparams(entry: str, window: int, global_tokens: int = 0) -> None:
     """One-line HyperparameterError for a window below 1 or a negative number of global tokens."""
-    for field, value, low in (("window", window, 1), ("global_tokens", global_tokens, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be an integer >= {low}")
+    check_at_least(entry, "window", window, 1)
+    check_at_least(entry, "global_tokens", global_tokens, 0)
 
 
 def window_predicate(problem: Problem, window: int, global_tokens: int) -> Predicate:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import check_at_least, check_flag, check_positive, check_seed, register
 
 
 def segment_memory_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, segment_len: int, mem_len: int) -> torch.Tensor:
@@ -68,16 +68,10 @@ class TransformerXLAttention(Attention):
 
     def __init__(self, problem: Problem, segment_len: int, mem_len: int, relative: bool, seed: int) -> None:
         super().__init__(problem)
-        if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
-            raise HyperparameterError(
-                f"transformer_xl segment_len={segment_len!r} is invalid: it must be a positive integer"
-            )
-        if isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 0:
-            raise HyperparameterError(f"transformer_xl mem_len={mem_len!r} is invalid: it must be an integer >= 0")
-        if not isinstance(relative, bool):
-            raise HyperparameterError(f"transformer_xl relative={relative!r} is invalid: it must be true or false")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise HyperparameterError(f"transformer_xl seed={seed!r} is invalid: it must be an integer")
+        check_positive("transformer_xl", "segment_len", segment_len)
+        check_at_least("transformer_xl", "mem_len", mem_len, 0)
+        check_flag("transformer_xl", "relative", relative)
+        check_seed("transformer_xl", seed)
         self.segment_len, self.mem_len, self.relative = segment_len, mem_len, relative
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         device, dtype = problem.device, problem.torch_dtype
