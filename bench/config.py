@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from bench.locks import TIMING_LOCK
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -66,7 +68,9 @@ class BenchConfig:
     threads: int | None = None  # torch threads in the worker; null: os.cpu_count()
     seed: int = 0  # inputs are drawn from this seed
     memory_limit_bytes: int | None = None  # worker RSS limit; null: 90% of MemAvailable at start
-    concurrent_jobs: int = 1  # timing jobs running at once on this machine, recorded with every row
+    # a file every timing job on this machine locks while it measures, so that jobs started at once
+    # (submitit_local, two commands) measure one after the other; null: measure without waiting
+    timing_lock: str | None = TIMING_LOCK
     imports: list[str] = field(default_factory=list)  # extra modules that register entries (plugins, tests)
     resume: str | None = None  # a run folder: re-run its saved config, skipping cells already there
     progress: bool = True  # show a progress bar

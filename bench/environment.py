@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -39,13 +40,13 @@ def git_commit() -> str:
         return ""
 
 
-def environment(threads: int, concurrent_jobs: int) -> dict[str, Any]:
-    """The environment columns shared by every row of a run (device_name and timestamp are per row)."""
+def environment(threads: int) -> dict[str, Any]:
+    """The environment columns shared by every row of a run (device_name and the times are per row)."""
     return {
         "torch_version": torch.__version__,
         "cpu_model": cpu_model(),
         "threads": threads,
         "git_commit": git_commit(),
         "hostname": socket.gethostname(),
-        "concurrent_jobs": concurrent_jobs,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # links the rows to the cluster's job logs
     }

@@ -24,7 +24,9 @@ from bench import fit, plots, summary
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 AXES = ("mode", "causal", "dtype", "device", "device_name", "batch", "q_heads", "kv_heads", "head_dim", "kv", "padding")
-ENV_COLUMNS = ("torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "concurrent_jobs")
+ENV_COLUMNS = (
+    "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id", "exclusive",
+)  # fmt: skip
 HP_SHORT = {"num_features": "m", "proj_len": "k", "window": "w"}  # legend-friendly names
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -95,6 +97,13 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
     if baseline not in set(rows.loc[rows["status"] == "ok", "series"]):
         present = ", ".join(sorted(rows["series"].unique())) or "none"
         notes.append(f"Baseline '{baseline}' has no ok cells in these results (present: {present}); no speedups.")
+    for _, overlap in summary.concurrent_measurements(rows).iterrows():
+        notes.append(
+            f"Measured concurrently on {overlap['hostname']}: jobs {overlap['jobs']} ran {overlap['cells']} cells "
+            f"at overlapping times ({(overlap['end'] - overlap['start']).total_seconds():.1f} s from "
+            f"{overlap['start']:%Y-%m-%d %H:%M:%S} UTC). "
+            "Jobs measuring at once slow each other down: these timings are not comparable with the others."
+        )
 
     groups = [*axes, "panel", "series"]
     time_fit = fit.fitted_exponents(rows, groups, "time_ms_median", "declared_time_exponent")

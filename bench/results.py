@@ -21,6 +21,7 @@ import pandas as pd
 
 import attention_zoo
 from bench.cases import Cell
+from bench.locks import claim_file
 
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
 IDENTITY_COLUMNS = [
@@ -34,9 +35,10 @@ MEASURED_COLUMNS = [
     "peak_bytes", "predicted_bytes",
     "flops", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm",
     "error_rel_l2", "error_max_abs",
-    "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "timestamp", "concurrent_jobs",
+    "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
+    "started", "timestamp", "exclusive",
 ]  # fmt: skip
-TEXT_COLUMNS = ["run_id", "job_id", "reason"]  # empty means "", not missing
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id"]  # empty means "", not missing
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error")
 
 
@@ -89,29 +91,39 @@ def _csv_text(value: Any) -> str:
 
 def read_rows_csv(path: Path) -> pd.DataFrame:
     """A rows.csv as a DataFrame; a last line cut short by a killed run is dropped."""
-    text = path.read_text()
+    return _rows_from_csv_text(path.read_text())
+
+
+def _rows_from_csv_text(text: str) -> pd.DataFrame:
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     if not text:
         return pd.DataFrame(columns=columns([]))
     rows = pd.read_csv(io.StringIO(text), low_memory=False, dtype=dict.fromkeys(TEXT_COLUMNS, str))
-    rows[TEXT_COLUMNS] = rows[TEXT_COLUMNS].fillna("")
+    text_columns = [c for c in TEXT_COLUMNS if c in rows.columns]  # rows written before a column existed lack it
+    rows[text_columns] = rows[text_columns].fillna("")
     return rows
 
 
 class RowWriter:
-    """Appends one row per finished cell to rows.csv, flushed to disk; on resume it keeps the rows already there."""
+    """Appends one row per finished cell to rows.csv, flushed to disk; on resume it keeps the rows already there.
+
+    The writer holds a lock on rows.csv until it is closed: a second process writing into the same
+    folder fails at once instead of interleaving its rows.
+    """
 
     def __init__(self, run_dir: Path, hparam_names: Iterable[str], keep_cell_ids: Iterable[str]) -> None:
         self.path = run_dir / ROWS_CSV
         self.columns = columns(hparam_names)
-        kept = pd.DataFrame(columns=self.columns)
-        if self.path.exists():
-            previous = read_rows_csv(self.path)
-            kept = previous[previous["cell_id"].isin(set(keep_cell_ids))].drop_duplicates("cell_id")
+        self._file = self.path.open("a+", newline="")  # neither truncated nor written before it is locked
+        claim_file(self._file, run_dir)
+        self._file.seek(0)
+        previous = _rows_from_csv_text(self._file.read())
+        kept = previous[previous["cell_id"].isin(set(keep_cell_ids))].drop_duplicates("cell_id")
         self.done_cell_ids = set(kept["cell_id"])
         # rewrite: drops a truncated last line and takes up the current columns
-        self._file = self.path.open("w", newline="")
+        self._file.seek(0)
+        self._file.truncate()
         self._csv = csv.DictWriter(self._file, fieldnames=self.columns, lineterminator="\n")
         self._csv.writeheader()
         for row in kept.to_dict("records"):
@@ -125,9 +137,9 @@ class RowWriter:
 
     def close(self) -> pd.DataFrame:
         """Finish the run: close rows.csv, write rows.parquet beside it, and return the rows."""
-        self._file.close()
         rows = read_rows_csv(self.path)
         rows.to_parquet(self.path.with_name(ROWS_PARQUET), index=False)
+        self._file.close()  # and with it the folder's lock, once both files are complete
         return rows
 
 

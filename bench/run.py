@@ -17,6 +17,7 @@ import attention_zoo
 from bench import cases, results
 from bench.environment import device_name, environment
 from bench.flops import cell_flops
+from bench.locks import timing_lock
 from bench.memory import available_bytes, predict_bytes
 from bench.worker import Worker
 
@@ -48,13 +49,14 @@ def _measure(cell: cases.Cell, cfg: dict[str, Any], worker: Worker) -> dict[str,
     if max_flops is not None and cell_flops(cell) > max_flops:
         reason = f"{cell_flops(cell):.3g} FLOPs exceed sweep.max_cell_flops={max_flops:.3g}"
         return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
-    max_flops = cfg["sweep"]["max_cell_flops"]
-    if max_flops is not None and cell_flops(cell) > max_flops:
-        reason = f"{cell_flops(cell):.3g} FLOPs exceed sweep.max_cell_flops={max_flops:.3g}"
-        return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
     status, value = worker.call("cell", cell, cfg["timing"], cfg["seed"], timeout_s=cfg["timing"]["cell_timeout_s"])
     measured = value if status == "ok" else {"status": status, "reason": value}
     return {**measured, "predicted_bytes": predicted}
+
+
+def _now() -> str:
+    """This moment in ISO 8601 with the UTC offset, so rows of machines in other time zones compare."""
+    return datetime.now().astimezone().isoformat()
 
 
 def _with_flops(row: dict[str, Any], cell: cases.Cell, gemm_flop_per_s: float) -> dict[str, Any]:
@@ -85,24 +87,27 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
     cells = cases.expand(plain)
     threads = plain["threads"] or os.cpu_count()
     memory_limit = plain["memory_limit_bytes"] or int(MEMORY_LIMIT_FRACTION * available_bytes())
-    env = environment(threads, plain["concurrent_jobs"])
+    env = environment(threads)
 
+    # the writer claims the folder first, so a second process aimed at it fails before writing anything
+    writer = results.RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
     (run_dir / "environment.json").write_text(
         json.dumps({"run_id": run_id, "job_id": job_id, "memory_limit_bytes": memory_limit, **env}, indent=2)
     )
-    writer = results.RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
     todo = [c for c in cells if c.cell_id not in writer.done_cell_ids]
 
-    with Worker(threads, plain["imports"], memory_limit) as worker:
+    # the lock is taken before the worker starts: its start-up (importing torch) would disturb another job's timings
+    with timing_lock(plain["timing_lock"]) as exclusive, Worker(threads, plain["imports"], memory_limit) as worker:
         ceilings = _gemm_ceilings(worker, todo)
         progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
         for cell in progress:
             progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
-            row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env}
+            row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env, "exclusive": exclusive}
+            started = _now()
             row.update(_measure(cell, plain, worker))
             row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
-            row.update(device_name=device_name(cell.problem.device), timestamp=datetime.now().astimezone().isoformat())
+            row.update(device_name=device_name(cell.problem.device), started=started, timestamp=_now())
             writer.append(row)
     rows = writer.close()
     print(summary_table(rows))

@@ -155,11 +155,53 @@ def not_measured(rows: pd.DataFrame, axes: Sequence[str], unsupported: bool) -> 
 
 
 def environment_columns(rows: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Per run_id, the distinct values of the environment columns recorded in its rows."""
+    """Per run and job, the distinct values of the environment columns recorded in its rows."""
     present = [c for c in columns if c in rows.columns]
     if not len(rows) or "run_id" not in rows.columns:
         return pd.DataFrame()
-    return rows.groupby("run_id")[present].agg(lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))).reset_index()
+    jobs = rows.groupby(["run_id", "job_id"])  # the jobs of one multirun may have run on different machines
+    return jobs[present].agg(lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))).reset_index()
+
+
+def concurrent_measurements(rows: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of jobs that measured cells on the same host at overlapping times, from the rows' start and end times.
+
+    Found from the data, so it catches jobs that ran without the timing lock (timing_lock=null, two
+    separate commands on a machine without a shared /tmp). Columns: hostname, jobs ("a" and "b"),
+    cells (of either job, measured while the other measured), start and end of the overlap.
+    """
+    columns = ["hostname", "jobs", "cells", "start", "end"]
+    if not {"started", "timestamp", "hostname"} <= set(rows.columns):
+        return pd.DataFrame(columns=columns)
+    # unsupported and skipped cells are decided without running anything
+    measured = rows[~rows["status"].isin(("unsupported", "skipped")) & rows["started"].notna()]
+    job = measured["run_id"].astype(str) + np.where(measured["job_id"] != "", "/" + measured["job_id"].astype(str), "")
+    cells = pd.DataFrame(
+        {
+            "hostname": measured["hostname"],
+            "job": job,
+            "start": pd.to_datetime(measured["started"], utc=True, format="ISO8601"),
+            "end": pd.to_datetime(measured["timestamp"], utc=True, format="ISO8601"),
+        }
+    ).sort_values(["hostname", "start"])
+    overlaps: dict[tuple[str, str, str], dict] = {}
+    for host, on_host in cells.groupby("hostname"):
+        running: list[tuple] = []  # (end, job, index) of cells not finished when the current one starts
+        for index, cell in on_host.iterrows():
+            running = [r for r in running if r[0] > cell["start"]]
+            for end, other_job, other_index in running:
+                if other_job == cell["job"]:
+                    continue
+                key = (host, *sorted((other_job, cell["job"])))
+                found = overlaps.setdefault(key, {"cells": set(), "start": cell["start"], "end": end})
+                found["cells"] |= {index, other_index}
+                found["end"] = max(found["end"], min(end, cell["end"]))
+            running.append((cell["end"], cell["job"], index))
+    records = [
+        (host, f"{a} and {b}", len(found["cells"]), found["start"], found["end"])
+        for (host, a, b), found in sorted(overlaps.items())
+    ]
+    return pd.DataFrame(records, columns=columns)
 
 
 def _fastest(cells: pd.DataFrame, n: int, failed: pd.DataFrame, why: str) -> str:

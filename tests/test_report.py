@@ -76,7 +76,8 @@ def synthetic_rows(run_id="run-a", host="host-a", device_name="cpu-a", causal=(F
                         "gemm_flop_per_s": 1e11, "pct_of_gemm": np.nan, "error_rel_l2": error,
                         "error_max_abs": 5 * error, "torch_version": "2.13.0", "device_name": device_name,
                         "cpu_model": f"{device_name} model", "threads": 2, "git_commit": "abc1234",
-                        "hostname": host, "timestamp": "2025-11-22T00:00:00", "concurrent_jobs": 1,
+                        "hostname": host, "slurm_job_id": "", "started": "2025-11-22T00:00:00+00:00",
+                        "timestamp": "2025-11-22T00:00:00+00:00", "exclusive": True,
                     }
                 )  # fmt: skip
     return pd.DataFrame.from_records(records)

@@ -1,0 +1,377 @@
+"""`python -m bench.check`: run the regression suite and say what got slower, hungrier or steeper than the baseline.
+
+    python -m bench.check --baseline results/baseline               # run the suite now, then compare
+    python -m bench.check --baseline results/baseline RESULTS_DIR   # compare a suite run saved earlier
+    python -m bench.check --refresh-baseline results/baseline       # run the suite and make it the baseline
+
+Each folder holds pytest-benchmark's `benchmark.json` (with the machine and commit it came from); a
+baseline holds BASELINE_RUNS of them (benchmark.json, benchmark-2.json, ...), and a figure regressed
+only when it regressed against every one of them.
+Compared per entry and mode, over the N of the suite, so that a change to an entry's code (which
+shows at every N) stands out from one noisy cell:
+- time: each round's time divided by the reference attention timed just before it (bench/regression_suite.py).
+  Regressed when the median over N of the change in median ratio exceeds `--time-tolerance` AND a
+  one-sided Mann-Whitney U test over the pooled rounds says the growth is not chance (p < `--alpha`), as
+  asv does. The tolerance guards against run-to-run drift, which the test alone would call significant.
+- peak memory: regressed when peak bytes (plus MEMORY_SLACK_BYTES on both sides, for page granularity)
+  grew by more than `--memory-tolerance` at every N but one.
+- exponents: the time and memory exponents fitted over N (bench/fit.py) must stay within
+  `--exponent-tolerance` of the declared complexity, or of the baseline's fit where that was already
+  higher (a baseline cannot fail its own check).
+
+Exit status: 0 no regression, 1 regressions (a table names each) or the suite failed, 2 a usage error.
+Comparisons that cannot be made (a cell or entry missing on one side, changed hyperparameters) are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from bench.environment import REPO
+from bench.fit import asymptotic_fit
+
+SUITE = REPO / "benchmarks"
+SUITE_JSON = "benchmark.json"
+KEY = ["impl", "mode", "seq_len"]  # a cell
+TIME_TOLERANCE = 0.35  # per-entry noise between runs on a shared 2-core VM reached +26% (see README)
+MEMORY_TOLERANCE = 0.15
+MEMORY_SLACK_BYTES = 256 * 1024
+EXPONENT_TOLERANCE = 0.35
+ALPHA = 0.01
+BASELINE_RUNS = 3  # suite runs a refreshed baseline holds; a regression must show against each
+
+
+class CheckError(Exception):
+    """A missing or unreadable results folder; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    time: float = TIME_TOLERANCE
+    memory: float = MEMORY_TOLERANCE
+    exponent: float = EXPONENT_TOLERANCE
+    alpha: float = ALPHA
+
+
+def load_suite(results_dir: str | Path, name: str = SUITE_JSON) -> tuple[pd.DataFrame, dict]:
+    """One row per measured cell of a suite run (time, reference and ratio samples, peak bytes), and its machine."""
+    path = Path(results_dir) / name
+    if not path.is_file():
+        raise CheckError(f"{results_dir} holds no {name}: give a folder written by `python -m bench.check`")
+    try:
+        saved = json.loads(path.read_text())
+        records = []
+        for bench in saved["benchmarks"]:
+            info = bench["extra_info"]
+            time_ms = np.asarray(bench["stats"]["data"]) * 1e3
+            reference_ms = np.asarray(info["reference_ms"])
+            records.append(
+                {
+                    **{key: info[key] for key in KEY},
+                    "hparams": json.dumps(info["hparams"], sort_keys=True),
+                    "time_ms": time_ms,
+                    "ratio": time_ms / reference_ms,
+                    "peak_bytes": info["peak_bytes"],
+                    "declared_time_exponent": info["declared_time_exponent"],
+                    "declared_memory_exponent": info["declared_memory_exponent"],
+                }
+            )
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckError(f"{path} is not a regression-suite JSON: {error!r}") from None
+    environment = {**saved.get("machine_info", {}), "commit": saved.get("commit_info", {}).get("id", "")}
+    return pd.DataFrame.from_records(records), environment
+
+
+def _paired(base: pd.DataFrame, fresh: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The cells measured on both sides with the same hyperparameters, and a line for each that is not."""
+    merged = base.merge(fresh, on=KEY, how="outer", suffixes=("_base", "_fresh"), indicator="side")
+    missing = []
+    for row in merged.itertuples():
+        cell = f"{row.impl} {row.mode} N={row.seq_len}"
+        if row.side == "left_only":
+            missing.append(f"{cell}: in the baseline, not measured in this run")
+        elif row.side == "right_only":
+            missing.append(f"{cell}: not in the baseline (refresh it to start tracking)")
+        elif row.hparams_base != row.hparams_fresh:
+            missing.append(f"{cell}: hyperparameters changed ({row.hparams_base} -> {row.hparams_fresh})")
+    both = merged[(merged["side"] == "both") & (merged["hparams_base"] == merged["hparams_fresh"])]
+    return both.drop(columns="side"), missing
+
+
+def _by_n(changes: pd.Series) -> str:
+    return " ".join(f"{n}:{100 * c:+.0f}%" for n, c in changes.items())
+
+
+def time_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.DataFrame:
+    """Per entry and mode: the median over N of each cell's change in median time/reference ratio, and its p-value.
+
+    The rounds of every N, each divided by its cell's baseline median, are pooled for a one-sided
+    Mann-Whitney U test: a change of the entry's code shows at every N, one noisy cell does not.
+    """
+    records = []
+    for (impl, mode), cells in paired.groupby(["impl", "mode"], sort=True):
+        cells = cells.sort_values("seq_len")
+        base_median = cells["ratio_base"].map(np.median)
+        changes = pd.Series(
+            (cells["ratio_fresh"].map(np.median) / base_median - 1).to_numpy(), index=cells["seq_len"].to_numpy()
+        )
+        fresh = np.concatenate([r / m for r, m in zip(cells["ratio_fresh"], base_median, strict=True)])
+        base = np.concatenate([r / m for r, m in zip(cells["ratio_base"], base_median, strict=True)])
+        p = mannwhitneyu(fresh, base, alternative="greater").pvalue
+        change = float(changes.median())
+        records.append(
+            {"impl": impl, "mode": mode, "check": "time / ref", "baseline": base_median.iloc[-1],
+             "now": float(np.median(cells["ratio_fresh"].iloc[-1])), "change": change, "p": p,
+             "by_n": _by_n(changes), "regressed": change > tolerances.time and p < tolerances.alpha}
+        )  # fmt: skip
+    return pd.DataFrame.from_records(records)
+
+
+def memory_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.DataFrame:
+    """Per entry and mode: the change in peak bytes that holds at every N but one (slack added on both sides).
+
+    Whether a call's buffers land in pages the allocator already holds or in new ones depends on what
+    ran before, so one cell's peak can move by 40% between runs (seen for `full` at small N); a
+    change to an entry's allocations shows at every N.
+    """
+    records = []
+    for (impl, mode), cells in paired.groupby(["impl", "mode"], sort=True):
+        cells = cells.sort_values("seq_len")
+        base, now = cells["peak_bytes_base"].astype(float), cells["peak_bytes_fresh"].astype(float)
+        changes = pd.Series(
+            ((now + MEMORY_SLACK_BYTES) / (base + MEMORY_SLACK_BYTES) - 1).to_numpy(), index=cells["seq_len"].to_numpy()
+        )
+        change = float(np.sort(changes)[min(1, len(changes) - 1)])
+        records.append(
+            {"impl": impl, "mode": mode, "check": "peak bytes", "baseline": base.iloc[-1], "now": now.iloc[-1],
+             "change": change, "p": math.nan, "by_n": _by_n(changes), "regressed": change > tolerances.memory}
+        )  # fmt: skip
+    return pd.DataFrame.from_records(records)
+
+
+def _exponent(cells: pd.DataFrame, values: pd.Series) -> float:
+    fit = asymptotic_fit(cells["seq_len"], values)
+    return fit.exponent if fit else math.nan
+
+
+def exponent_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.DataFrame:
+    """Per entry and mode: time and memory exponents in N, now and in the baseline, against the declared one."""
+    records = []
+    for (impl, mode), cells in paired.groupby(["impl", "mode"], sort=True):
+        for check, declared, value in (
+            ("time exponent", "declared_time_exponent_fresh", "ratio"),
+            ("memory exponent", "declared_memory_exponent_fresh", "peak_bytes"),
+        ):
+            if value == "ratio":
+                base, now = (_exponent(cells, cells[f"ratio_{side}"].map(np.median)) for side in ("base", "fresh"))
+            else:
+                base, now = (_exponent(cells, cells[f"peak_bytes_{side}"]) for side in ("base", "fresh"))
+            expected = float(cells[declared].iloc[0])
+            allowed = np.nanmax([expected, base]) + tolerances.exponent
+            records.append(
+                {"impl": impl, "mode": mode, "check": check, "baseline": base, "now": now, "change": now - base,
+                 "p": math.nan, "by_n": f"declared {expected:g}, fit over N={cells['seq_len'].min()}-"
+                 f"{cells['seq_len'].max()}", "regressed": bool(now > allowed)}
+            )  # fmt: skip
+    return pd.DataFrame.from_records(records)
+
+
+def baseline_runs(baseline_dir: Path) -> list[tuple[pd.DataFrame, dict]]:
+    """Every suite run of a baseline folder: benchmark.json, benchmark-2.json, ..."""
+    names = sorted(path.name for path in Path(baseline_dir).glob("benchmark*.json"))
+    return [load_suite(baseline_dir, name) for name in names] or [load_suite(baseline_dir)]
+
+
+def compare_runs(
+    bases: list[pd.DataFrame], fresh: pd.DataFrame, tolerances: Tolerances
+) -> tuple[pd.DataFrame, int, list[str]]:
+    """`compare` against each baseline run; a figure regressed only when it regressed against every one.
+
+    One suite run can catch the machine in a slow or fast minute for some entries (seen: +-20% per
+    entry between runs); a change to an entry's code is slower than every baseline run, noise is not.
+    Shown for each figure: the comparison with the smallest change.
+    """
+    results = [compare(base, fresh, tolerances) for base in bases]
+    tables = pd.concat([table for table, _, _ in results], ignore_index=True)
+    if tables.empty:
+        return results[0]
+    keys = ["impl", "mode", "check"]
+    regressed = tables.groupby(keys, sort=False)["regressed"].transform("all")
+    closest = tables.assign(regressed=regressed, order=tables["change"].fillna(np.inf))
+    closest = closest.sort_values("order", kind="stable").drop_duplicates(keys).drop(columns="order")
+    _, n_cells, missing = results[0]
+    return closest.sort_values(keys, kind="stable", ignore_index=True), n_cells, missing
+
+
+def compare(base: pd.DataFrame, fresh: pd.DataFrame, tolerances: Tolerances) -> tuple[pd.DataFrame, int, list[str]]:
+    """Every comparison (regressed says which failed), how many cells were paired, and what could not be compared."""
+    paired, missing = _paired(base, fresh)
+    if paired.empty:
+        columns = ["impl", "mode", "check", "baseline", "now", "change", "p", "by_n", "regressed"]
+        return pd.DataFrame(columns=columns), 0, missing
+    table = pd.concat(
+        [
+            time_regressions(paired, tolerances),
+            memory_regressions(paired, tolerances),
+            exponent_regressions(paired, tolerances),
+        ],
+        ignore_index=True,
+    )
+    return table, len(paired), missing
+
+
+def _format(table: pd.DataFrame) -> str:
+    """The regressions as a text table: time as time/reference ratios at the largest N, memory in MiB there."""
+
+    def number(check: str, value: float) -> str:
+        if math.isnan(value):
+            return "-"
+        return f"{value / 2**20:.2f} MiB" if check == "peak bytes" else f"{value:.3g}"
+
+    def change(check: str, value: float) -> str:
+        if math.isnan(value):
+            return "-"
+        return f"{value:+.2f}" if check.endswith("exponent") else f"{100 * value:+.1f}%"
+
+    checks = table["check"].tolist()
+    shown = pd.DataFrame(
+        {
+            "impl": table["impl"],
+            "mode": table["mode"],
+            "check": checks,
+            "baseline": [number(c, v) for c, v in zip(checks, table["baseline"], strict=True)],
+            "now": [number(c, v) for c, v in zip(checks, table["now"], strict=True)],
+            "change": [change(c, v) for c, v in zip(checks, table["change"], strict=True)],
+            "p": ["-" if math.isnan(p) else f"{p:.1g}" for p in table["p"]],
+            "by N": table["by_n"],
+        }
+    )
+    return shown.to_string(index=False, justify="left")
+
+
+def run_suite(out_dir: Path, imports: list[str], select: str | None, rounds: int | None, name: str = SUITE_JSON) -> int:
+    """Run the pytest-benchmark suite into out_dir/<name>; pytest's exit status."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:cacheprovider",
+        f"--benchmark-json={out_dir / name}", "--benchmark-disable-gc",
+        "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+        *(f"--zoo-import={module}" for module in imports),
+        *(["-k", select] if select else []),
+        *([f"--rounds={rounds}"] if rounds else []),
+    ]  # fmt: skip
+    print("bench.check: running the regression suite:", " ".join(command[1:]), flush=True)
+    return subprocess.run(command, cwd=REPO).returncode
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """One line on stderr and exit 2 (argparse would print its usage first)."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench.check", description=__doc__.split("\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--baseline", type=Path, help="the baseline folder to compare with")
+    target.add_argument("--refresh-baseline", type=Path, metavar="DIR", help="run the suite and save it as DIR")
+    parser.add_argument("results_dir", nargs="?", type=Path, help="a saved suite run; omitted: run the suite now")
+    parser.add_argument("--out", type=Path, help="where a new run goes (default results/check/<time>)")
+    parser.add_argument("--time-tolerance", type=float, default=TIME_TOLERANCE, help="relative, e.g. 0.35")
+    parser.add_argument("--memory-tolerance", type=float, default=MEMORY_TOLERANCE, help="relative, e.g. 0.10")
+    parser.add_argument("--exponent-tolerance", type=float, default=EXPONENT_TOLERANCE, help="absolute, e.g. 0.25")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help="Mann-Whitney significance level")
+    parser.add_argument(
+        "--zoo-import", action="append", default=[], metavar="MODULE", help="modules that register entries"
+    )
+    parser.add_argument("--runs", type=int, default=BASELINE_RUNS, help="suite runs in a refreshed baseline")
+    parser.add_argument("--rounds", type=int, help="timed rounds per cell of a new run (default: the suite's)")
+    parser.add_argument("-k", dest="select", help="run only the suite cells matching this pytest -k expression")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("time_tolerance", "memory_tolerance", "exponent_tolerance", "alpha", "rounds", "runs"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: it must be positive")
+    if args.refresh_baseline:
+        if args.results_dir:
+            parser.error("--refresh-baseline runs the suite itself: drop RESULTS_DIR")
+        for stale in args.refresh_baseline.glob("benchmark*.json"):
+            stale.unlink()
+        for run in range(args.runs):
+            name = SUITE_JSON if run == 0 else SUITE_JSON.replace(".json", f"-{run + 1}.json")
+            status = run_suite(args.refresh_baseline, args.zoo_import, args.select, args.rounds, name)
+            if status:
+                print(f"bench.check: the suite failed (pytest exit {status}); the baseline is not usable")
+                return 1
+        print(f"bench.check: baseline of {args.runs} suite runs written to {args.refresh_baseline}")
+        return 0
+
+    try:
+        bases = baseline_runs(args.baseline)
+    except CheckError as error:
+        parser.error(str(error))
+    base_env = bases[0][1]
+    suite_status = 0
+    results_dir = args.results_dir
+    if results_dir is None:
+        results_dir = args.out or REPO / "results" / "check" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        suite_status = run_suite(results_dir, args.zoo_import, args.select, args.rounds)
+    try:
+        fresh, fresh_env = load_suite(results_dir)
+    except CheckError as error:
+        if suite_status:
+            print(f"bench.check: the suite failed (pytest exit {suite_status}) before writing results", file=sys.stderr)
+            return 1
+        parser.error(str(error))
+
+    tolerances = Tolerances(args.time_tolerance, args.memory_tolerance, args.exponent_tolerance, args.alpha)
+    table, n_cells, missing = compare_runs([base for base, _ in bases], fresh, tolerances)
+    print(report(table, n_cells, missing, base_env, fresh_env, suite_status))
+    return 1 if suite_status or table["regressed"].any() else 0
+
+
+def _machine(env: dict) -> str:
+    cpu = env.get("cpu", {}).get("brand_raw", "unknown CPU")
+    return f"{cpu}, torch {env.get('torch_version', '?')}, commit {env.get('commit', '')[:10] or '?'}"
+
+
+def report(
+    table: pd.DataFrame, n_cells: int, missing: list[str], base_env: dict, fresh_env: dict, suite_status: int
+) -> str:
+    """What the check prints: machines, regressions (or none), what could not be compared, and a verdict."""
+    lines = [f"baseline: {_machine(base_env)}", f"this run: {_machine(fresh_env)}"]
+    regressed = table[table["regressed"]]
+    lines.append(
+        f"compared {len(table)} figures of {table['impl'].nunique()} entries ({n_cells} cells): time / ref, "
+        "peak bytes, time and memory exponents in N, per entry and mode"
+    )
+    if missing:
+        lines += [f"could not compare {len(missing)}:"] + [f"  {line}" for line in missing]
+    if suite_status:
+        lines.append(f"REGRESSION: the suite itself failed (pytest exit {suite_status}); see its output above")
+    if regressed.empty:
+        lines.append("no regression" if not suite_status else "no regression among the cells that ran")
+    else:
+        names = ", ".join(sorted(regressed["impl"].unique()))
+        lines += [f"REGRESSION in {names}:", _format(regressed.sort_values(["impl", "mode"], kind="stable"))]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""Locks between processes: one timing job per machine at a time, one writer per results folder.
+
+Jobs that measure at once on one machine slow each other down (shared cores, caches, memory
+bandwidth, GPU), whatever launched them: a multirun through submitit_local starts every job at
+once, and two `python -m bench` commands know nothing of each other. Both locks are flock(2) locks,
+which the kernel releases when the process ends, however it ends, so a killed job never leaves a
+stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from bench.cases import BenchConfigError
+
+TIMING_LOCK = "/tmp/attention_zoo.timing.lock"  # machine-wide: every user's jobs see the same /tmp
+
+
+def _open_for_locking(path: Path) -> int:
+    """A read-only descriptor of the lock file, created when missing (flock needs no write access)."""
+    try:
+        # opened without O_CREAT first: with fs.protected_regular, O_CREAT on a file that another
+        # user created in a sticky folder such as /tmp is refused even when the file exists
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+
+
+@contextmanager
+def timing_lock(path: str | Path | None) -> Iterator[bool]:
+    """Hold the machine's timing lock at `path` (waiting for it); yields whether measuring runs exclusively.
+
+    `path` None measures without the lock (yields False): the rows then say so, and the report
+    still detects overlapping measurements from their start and end times.
+    """
+    if path is None:
+        yield False
+        return
+    path = Path(path)
+    descriptor = _open_for_locking(path)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the timing lock {path}: another timing job on this machine is measuring", flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def claim_file(file: IO, folder: Path) -> None:
+    """Lock an open file of a results folder for this process, or fail at once when another process writes there."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise BenchConfigError(
+            f"{folder} is being written by another process: give each run its own folder (hydra.run.dir / "
+            "hydra.sweep.dir)"
+        ) from None

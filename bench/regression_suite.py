@@ -1,0 +1,127 @@
+"""The regression suite's cells and how each is measured: every entry at small sizes, forward and backward.
+
+Run by pytest-benchmark (benchmarks/test_regression.py) and compared by `python -m bench.check`.
+Raw milliseconds do not survive a change of machine or a busy neighbour, so every timed round is
+preceded by a fixed-size reference attention timed the same way: a round's time divided by its own
+reference is a ratio that load and clock changes move far less than either time. Peak memory is measured once per
+cell, after timing. The sizes are small enough for the suite to take a few minutes on 2 cores and
+cover enough N (four doublings) to fit time and memory exponents; the hyperparameters are small so
+that the linear entries are in their linear regime at these N.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+import attention_zoo
+from attention_zoo import Problem
+from bench.cases import Cell
+from bench.measure import mode_calls
+from bench.memory import measure_peak
+
+SEQ_LENS = (256, 512, 1024, 2048)
+MODES = ("fwd", "bwd")
+HEADS, HEAD_DIM = 4, 64
+# by hyperparameter name, for every entry that has it: windows, ranks and segments well below the N swept
+HPARAMS = {
+    "window": 32,
+    "global_tokens": 8,
+    "proj_len": 32,
+    "num_features": 32,
+    "causal_chunk": 64,
+    "segment_len": 64,
+    "mem_len": 64,
+    "q_tile": 128,
+    "k_tile": 256,
+}
+ROUNDS, WARMUP_ROUNDS = 15, 2
+# One thread: a parallel region waits for its slowest thread, so on a shared machine one descheduled
+# thread stretches a 2 ms call to a scheduler time slice (observed: 1.3 ms -> 12-16 ms) and the ratios
+# swing by 5x. A single thread is slowed by load only in proportion, in the entry and its reference alike.
+THREADS = 1
+REFERENCE_LEN = 512  # the reference attention's sequence length: a few ms on one core
+SEED = 0
+
+
+def suite_hparams(impl: str) -> dict[str, Any]:
+    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them."""
+    defaults = attention_zoo.get(impl).hparams
+    return attention_zoo.get(impl).resolve_hparams({k: v for k, v in HPARAMS.items() if k in defaults})
+
+
+def _problem(impl: str, seq_len: int) -> Problem:
+    """Non-causal self-attention, or causal for entries that only do causal (Transformer-XL)."""
+    entry = attention_zoo.get(impl)
+    problems = [Problem(batch=1, q_heads=HEADS, q_len=seq_len, head_dim=HEAD_DIM, causal=c) for c in (False, True)]
+    return next((p for p in problems if not entry.unsupported_reason(p)), problems[0])
+
+
+def suite_cells() -> list[Cell]:
+    """Every registered entry x SEQ_LENS x MODES, whether or not it can run here (the test skips with the reason).
+
+    Ordered N first, entries innermost: an entry's four N are measured minutes apart, so a burst of
+    load on the machine lands on one of them, not on all (the check compares the median over N).
+    """
+    return [
+        Cell(impl=impl, problem=_problem(impl, n), mode=mode, hparams=suite_hparams(impl), padding=0.0)
+        for n in SEQ_LENS
+        for mode in MODES
+        for impl in attention_zoo.list_impls()
+    ]
+
+
+def cell_name(cell: Cell) -> str:
+    return f"{cell.impl}-{cell.mode}-N{cell.problem.q_len}"
+
+
+def _reference() -> Any:
+    """A callable timing the reference once, in milliseconds: a fixed unfused attention in plain torch ops.
+
+    Two GEMMs and a softmax over a 4 MB score matrix, so it is slowed like the entries are, by
+    compute (a neighbour's busy core) and by memory traffic (a neighbour's cache and bandwidth use);
+    a GEMM alone tracked only the first, and ratios to it drifted by +-10-25% per entry between runs.
+    It uses no registered entry, so a regression in one cannot hide in the reference.
+    """
+    generator = torch.Generator().manual_seed(SEED)
+    q, k, v = (torch.randn(HEADS, REFERENCE_LEN, HEAD_DIM, generator=generator) for _ in range(3))
+
+    def timed() -> float:
+        begin = time.perf_counter()
+        torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return (time.perf_counter() - begin) * 1e3
+
+    return timed
+
+
+def measure(benchmark: Any, cell: Cell, rounds: int = ROUNDS) -> None:
+    """Time the cell with pytest-benchmark, the reference before every round; record the rest in extra_info."""
+    problem = cell.problem
+    q, k, v = problem.make_inputs(seed=SEED, requires_grad=cell.mode != "fwd")
+    impl = attention_zoo.get(cell.impl).build(problem, **cell.hparams)
+    prepare, run = mode_calls(impl, q, k, v, cell.mode)
+    reference = _reference()
+    reference_ms: list[float] = []
+
+    def setup() -> tuple[tuple[Any], dict]:
+        reference_ms.append(reference())
+        return (prepare(),), {}
+
+    benchmark.group = cell.impl
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
+    state = prepare()
+    peak_bytes, _ = measure_peak(problem.device_type, lambda: run(state))
+    entry = attention_zoo.get(cell.impl)
+    benchmark.extra_info.update(
+        impl=cell.impl,
+        mode=cell.mode,
+        seq_len=problem.q_len,
+        causal=problem.causal,
+        hparams=dict(cell.hparams),
+        declared_time_exponent=entry.time.exponent,
+        declared_memory_exponent=entry.memory.exponent,
+        reference_ms=reference_ms[-rounds:],  # the warm-up rounds' references come first
+        peak_bytes=peak_bytes,
+    )

@@ -1,0 +1,17 @@
+"""The regression suite: every registered entry at small sizes, forward and backward (see bench/regression_suite.py).
+
+Run through `python -m bench.check`, which saves pytest-benchmark's JSON and compares it with the baseline.
+"""
+
+import pytest
+
+from bench.cases import unsupported_reason
+from bench.regression_suite import cell_name, measure, suite_cells
+
+
+@pytest.mark.parametrize("cell", suite_cells(), ids=cell_name)
+def test_attention(benchmark, cell, request):
+    reason = unsupported_reason(cell)
+    if reason:
+        pytest.skip(reason)
+    measure(benchmark, cell, rounds=request.config.getoption("--rounds"))

@@ -1,0 +1,60 @@
+"""Test-only regressions for `python -m bench.check`, injected by importing this module (`--zoo-import`).
+
+It rebuilds three registered entries in place, as a bad change to their code would:
+- linformer gets 20% slower: each call spins for a fifth of its own time after computing;
+- full uses twice the memory: a buffer as large as its scores and probabilities is held during each call;
+- sliding_window turns quadratic: it computes its band through a dense N x N masked attention
+  (its own float64 dense form), the naive implementation; the output is unchanged.
+"""
+
+import dataclasses
+import functools
+import time
+
+import torch
+
+from attention_zoo import Attention, Problem, registry
+
+SLOWDOWN = 0.20
+
+
+class Slower(Attention):
+    def __init__(self, problem: Problem, inner: Attention) -> None:
+        super().__init__(problem)
+        self.inner = inner
+
+    def forward(self, q, k, v):
+        begin = time.perf_counter()
+        out = self.inner(q, k, v)
+        until = time.perf_counter() + SLOWDOWN * (time.perf_counter() - begin)
+        while time.perf_counter() < until:
+            pass
+        return out
+
+
+class Hungrier(Slower):
+    def forward(self, q, k, v):
+        p = self.problem
+        held = torch.ones(2 * p.batch * p.q_heads * p.q_len * p.kv_len, dtype=q.dtype)  # scores + probabilities
+        out = self.inner(q, k, v)
+        del held
+        return out
+
+
+class Dense(Slower):
+    def forward(self, q, k, v):
+        return self.inner.dense_reference(q, k, v).to(q.dtype)
+
+
+def _inject(name: str, wrapper: type[Slower]) -> None:
+    entry = registry.get(name)
+
+    @functools.wraps(entry.builder)  # keeps the builder's signature: its hyperparameters
+    def build(problem: Problem, **hparams) -> Attention:
+        return wrapper(problem, entry.builder(problem, **hparams))
+
+    registry._REGISTRY[name] = dataclasses.replace(entry, builder=build)
+
+
+for _name, _wrapper in {"linformer": Slower, "full": Hungrier, "sliding_window": Dense}.items():
+    _inject(_name, _wrapper)
