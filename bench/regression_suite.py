@@ -3,10 +3,15 @@
 Run by pytest-benchmark (benchmarks/test_regression.py) and compared by `python -m bench.check`.
 Raw milliseconds do not survive a change of machine or a busy neighbour, so every timed round is
 preceded by a fixed-size reference attention timed the same way: a round's time divided by its own
-reference is a ratio that load and clock changes move far less than either time. Peak memory is measured once per
-cell, after timing. The sizes are small enough for the suite to take a few minutes on 2 cores and
-cover enough N (four doublings) to fit time and memory exponents; the hyperparameters are small so
-that the linear entries are in their linear regime at these N.
+reference is a ratio that load and clock changes move far less than either time. The sizes are small
+enough for the suite to take a few minutes on 2 cores and cover enough N (four doublings) to fit time
+and memory exponents; the hyperparameters are small so that the linear entries are in their linear
+regime at these N.
+
+Two passes in one process, because the heap's state decides what each measures (bench/memory.py):
+first the peak memory of every cell, while large blocks are mapped fresh and the heap has never
+held one (so VmHWM is the peak of what the call holds); then the timing of every cell, on a heap
+that keeps its pages (so no timed call page-faults its buffers).
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ ROUNDS, WARMUP_ROUNDS = 15, 2
 # thread stretches a 2 ms call to a scheduler time slice (observed: 1.3 ms -> 12-16 ms) and the ratios
 # swing by 5x. A single thread is slowed by load only in proportion, in the entry and its reference alike.
 THREADS = 1
+# Thread CPU time, not wall time: with one thread the call's work is all on this thread, and time the
+# thread spends descheduled (a neighbour on its core, the hypervisor) is not the entry's.
+TIMER = "time.thread_time"
+# What a run's figures mean, recorded in its JSON: runs measured another way are not compared.
+METHOD = "thread CPU time / reference before each round, 1 thread, resident heap; peaks first, large blocks mapped"
 REFERENCE_LEN = 512  # the reference attention's sequence length: a few ms on one core
 SEED = 0
 
@@ -89,19 +99,33 @@ def _reference() -> Any:
     q, k, v = (torch.randn(HEADS, REFERENCE_LEN, HEAD_DIM, generator=generator) for _ in range(3))
 
     def timed() -> float:
-        begin = time.perf_counter()
+        begin = time.thread_time()
         torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
-        return (time.perf_counter() - begin) * 1e3
+        return (time.thread_time() - begin) * 1e3
 
     return timed
 
 
-def measure(benchmark: Any, cell: Cell, rounds: int = ROUNDS) -> None:
+def _calls(cell: Cell) -> tuple[Any, Any]:
+    """The cell's (prepare, run) on its inputs, built outside any measurement."""
+    q, k, v = cell.problem.make_inputs(seed=SEED, requires_grad=cell.mode != "fwd")
+    impl = attention_zoo.get(cell.impl).build(cell.problem, **cell.hparams)
+    return mode_calls(impl, q, k, v, cell.mode)
+
+
+def measure_peak_bytes(cell: Cell) -> int:
+    """Peak bytes of one call after WARMUP_ROUNDS (first-call caches are not the entry's working memory)."""
+    prepare, run = _calls(cell)
+    for _ in range(WARMUP_ROUNDS):
+        run(prepare())
+    state = prepare()
+    peak_bytes, _ = measure_peak(cell.problem.device_type, lambda: run(state))
+    return peak_bytes
+
+
+def measure(benchmark: Any, cell: Cell, peak_bytes: int, rounds: int = ROUNDS) -> None:
     """Time the cell with pytest-benchmark, the reference before every round; record the rest in extra_info."""
-    problem = cell.problem
-    q, k, v = problem.make_inputs(seed=SEED, requires_grad=cell.mode != "fwd")
-    impl = attention_zoo.get(cell.impl).build(problem, **cell.hparams)
-    prepare, run = mode_calls(impl, q, k, v, cell.mode)
+    prepare, run = _calls(cell)
     reference = _reference()
     reference_ms: list[float] = []
 
@@ -111,14 +135,12 @@ def measure(benchmark: Any, cell: Cell, rounds: int = ROUNDS) -> None:
 
     benchmark.group = cell.impl
     benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
-    state = prepare()
-    peak_bytes, _ = measure_peak(problem.device_type, lambda: run(state))
     entry = attention_zoo.get(cell.impl)
     benchmark.extra_info.update(
         impl=cell.impl,
         mode=cell.mode,
-        seq_len=problem.q_len,
-        causal=problem.causal,
+        seq_len=cell.problem.q_len,
+        causal=cell.problem.causal,
         hparams=dict(cell.hparams),
         declared_time_exponent=entry.time.exponent,
         declared_memory_exponent=entry.memory.exponent,

@@ -1,14 +1,18 @@
-"""pytest set-up of the regression suite: its thread count, plugin modules to import, what the JSON records."""
+"""pytest set-up of the regression suite: its clock, heap, thread count, plugin modules, memory pass, and JSON."""
 
 import contextlib
 import importlib
 
+import pytest
 import torch
 
+from bench.cases import unsupported_reason
 from bench.locks import TIMING_LOCK, timing_lock
-from bench.regression_suite import ROUNDS, THREADS
+from bench.memory import keep_heap_resident, map_large_blocks
+from bench.regression_suite import METHOD, ROUNDS, THREADS, TIMER, measure_peak_bytes
 
 _held = contextlib.ExitStack()
+_peak_bytes: dict[str, int | Exception] = {}  # by test id, from the memory pass
 
 
 def pytest_addoption(parser):
@@ -22,11 +26,38 @@ def pytest_addoption(parser):
     parser.addoption("--rounds", type=int, default=ROUNDS, help=f"timed rounds per cell (default {ROUNDS})")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its timer option
 def pytest_configure(config):
+    config.option.benchmark_timer = TIMER
+    map_large_blocks()  # from the start, so that the heap holds no large block when the memory pass runs
     torch.set_num_threads(THREADS)
     for module in config.getoption("--zoo-import"):
         importlib.import_module(module)
     _held.enter_context(timing_lock(TIMING_LOCK))  # `python -m bench` jobs on this machine wait, and we for them
+
+
+def pytest_collection_finish(session):
+    """The memory pass over every selected cell that can run here, before any is timed; then the timing heap."""
+    if session.config.option.collectonly:
+        return
+    cells = {item.nodeid: item.callspec.params["cell"] for item in session.items}
+    runnable = {nodeid: cell for nodeid, cell in cells.items() if not unsupported_reason(cell)}
+    print(f"\nregression suite: peak memory of {len(runnable)} cells, then their timing", flush=True)
+    for nodeid, cell in runnable.items():
+        try:
+            _peak_bytes[nodeid] = measure_peak_bytes(cell)
+        except Exception as error:  # the cell's own test fails with it; the other cells go on
+            _peak_bytes[nodeid] = error
+    keep_heap_resident()
+
+
+@pytest.fixture
+def peak_bytes(request):
+    """The cell's peak bytes from the memory pass (its error, if it failed there)."""
+    peak = _peak_bytes[request.node.nodeid]
+    if isinstance(peak, Exception):
+        raise peak
+    return peak
 
 
 def pytest_unconfigure(config):
@@ -34,4 +65,4 @@ def pytest_unconfigure(config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info.update(torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+    machine_info.update(torch_version=torch.__version__, torch_threads=torch.get_num_threads(), suite_method=METHOD)

@@ -1,7 +1,8 @@
 """Test-only regressions for `python -m bench.check`, injected by importing this module (`--zoo-import`).
 
 It rebuilds three registered entries in place, as a bad change to their code would:
-- linformer gets 20% slower: each call spins for a fifth of its own time after computing;
+- linformer gets 20% slower: each call spins for a fifth of its own CPU time after computing (the suite
+  times thread CPU time, bench/regression_suite.py);
 - full uses twice the memory: a buffer as large as its scores and probabilities is held during each call;
 - sliding_window turns quadratic: it computes its band through a dense N x N masked attention
   (its own float64 dense form), the naive implementation; the output is unchanged.
@@ -28,10 +29,10 @@ class Injected(Attention):
 
 class Slower(Injected):
     def forward(self, q, k, v):
-        begin = time.perf_counter()
+        begin = time.thread_time()
         out = self.inner(q, k, v)
-        until = time.perf_counter() + SLOWDOWN * (time.perf_counter() - begin)
-        while time.perf_counter() < until:
+        until = time.thread_time() + SLOWDOWN * (time.thread_time() - begin)
+        while time.thread_time() < until:
             pass
         return out
 
