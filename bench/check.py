@@ -40,7 +40,16 @@ from scipy.stats import mannwhitneyu
 
 from bench.environment import REPO
 from bench.fit import asymptotic_fit
-from bench.suite_runs import BASELINE_RUNS, KEY, CheckError, load_baseline, load_suite, refresh_baseline, run_suite
+from bench.suite_runs import (
+    BASELINE_RUNS,
+    KEY,
+    CheckError,
+    load_baseline,
+    load_suite,
+    reference_ms,
+    refresh_baseline,
+    run_suite,
+)
 
 # Tolerances, set from the drift measured between suite runs on a shared 2-core VM (README, "Tolerances")
 TIME_TOLERANCE = 0.10
@@ -260,7 +269,13 @@ def main(argv: list[str]) -> int:
     ran_here = args.results_dir is None
     new_run_dir = args.out or REPO / "results" / "check" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     results_dir = args.results_dir or new_run_dir
-    suite_status = run_suite(results_dir, args.zoo_import, select=args.select, rounds=args.rounds) if ran_here else 0
+    # runs made here wait for the machine to be as quiet as it was for the baseline (bench/regression_suite.py)
+    quiet_ms = base_env["reference_ms"]
+    suite_status = 0
+    if ran_here:
+        suite_status = run_suite(
+            results_dir, args.zoo_import, args.select, rounds=args.rounds, quiet_reference_ms=quiet_ms
+        )
     try:
         fresh, fresh_env = load_suite(results_dir)
     except CheckError as error:
@@ -273,6 +288,7 @@ def main(argv: list[str]) -> int:
             f"{results_dir} was measured as '{fresh_env['suite_method']}', the baseline as "
             f"'{base_env['suite_method']}': refresh the baseline (--refresh-baseline)"
         )
+    fresh_env.update(reference_ms=reference_ms(fresh), waited_s=float(fresh["waited_s"].sum()))
 
     tolerances = Tolerances(args.time_tolerance, args.memory_tolerance, args.exponent_tolerance, args.alpha)
     table, n_cells, missing = compare(baseline, fresh, tolerances)
@@ -284,8 +300,12 @@ def main(argv: list[str]) -> int:
         cells = fresh[[(impl, mode) in entries for impl, mode in zip(fresh["impl"], fresh["mode"], strict=True)]]
         print(f"bench.check: re-measuring the {len(entries)} flagged entry/mode pairs in a new process", flush=True)
         rerun_dir = results_dir / f"confirm-{attempt}"
-        suite_status |= run_suite(rerun_dir, args.zoo_import, node_ids=cells["nodeid"].tolist(), rounds=args.rounds)
+        node_ids = cells["nodeid"].tolist()
+        suite_status |= run_suite(
+            rerun_dir, args.zoo_import, node_ids=node_ids, rounds=args.rounds, quiet_reference_ms=quiet_ms
+        )
         rerun, _ = load_suite(rerun_dir)
+        fresh_env["waited_s"] += float(rerun["waited_s"].sum())
         table = confirm(table, compare(baseline, rerun, tolerances)[0], f"re-run {attempt}")
     print(report(table, flagged, n_cells, missing, base_env, fresh_env, suite_status, confirmed=ran_here))
     return 1 if suite_status or table["regressed"].any() else 0
@@ -307,7 +327,12 @@ def report(
     confirmed: bool,
 ) -> str:
     """What the check prints: machines, regressions (or none), what could not be compared, and a verdict."""
-    lines = [f"baseline: {_machine(base_env)} ({base_env['runs']} runs pooled)", f"this run: {_machine(fresh_env)}"]
+    lines = [
+        f"baseline: {_machine(base_env)} ({base_env['runs']} runs pooled)",
+        f"this run: {_machine(fresh_env)}",
+        f"reference attention (median): {base_env['reference_ms']:.2f} ms in the baseline, "
+        f"{fresh_env['reference_ms']:.2f} ms in this run; waited {fresh_env['waited_s']:.0f} s for a quiet machine",
+    ]
     regressed = table[table["regressed"]]
     lines.append(
         f"compared {len(table)} figures of {table['impl'].nunique()} entries ({n_cells} cells): time / ref, "

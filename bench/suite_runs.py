@@ -45,8 +45,10 @@ def load_suite(results_dir: str | Path, name: str = SUITE_JSON) -> tuple[pd.Data
                     "nodeid": bench["fullname"],
                     "hparams": json.dumps(info["hparams"], sort_keys=True),
                     "time_ms": time_ms,
+                    "reference_ms": reference_ms,
                     "ratio": time_ms / reference_ms,
                     "peak_bytes": info["peak_bytes"],
+                    "waited_s": info["waited_s"],
                     "declared_time_exponent": info["declared_time_exponent"],
                     "declared_memory_exponent": info["declared_memory_exponent"],
                 }
@@ -62,10 +64,16 @@ def load_suite(results_dir: str | Path, name: str = SUITE_JSON) -> tuple[pd.Data
     return pd.DataFrame.from_records(records), environment
 
 
+def reference_ms(cells: pd.DataFrame) -> float:
+    """The median time of the reference attention over every round of a run: how busy the machine was."""
+    return float(np.median(np.concatenate(cells["reference_ms"].to_list())))
+
+
 def load_baseline(baseline_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """A baseline's suite runs pooled into one: each cell's rounds from every run, the median of their peaks.
 
-    Its environment is the first run's, with `runs` added. Runs made by different suite methods are refused.
+    Its environment is the first run's, with `runs` and the pooled `reference_ms` added. Runs made by
+    different suite methods are refused.
     """
     names = sorted(path.name for path in Path(baseline_dir).glob("benchmark*.json")) or [SUITE_JSON]
     runs = [load_suite(baseline_dir, name) for name in names]
@@ -79,11 +87,13 @@ def load_baseline(baseline_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             {
                 **measured.iloc[0].to_dict(),
                 "time_ms": np.concatenate(measured["time_ms"].to_list()),
+                "reference_ms": np.concatenate(measured["reference_ms"].to_list()),
                 "ratio": np.concatenate(measured["ratio"].to_list()),
                 "peak_bytes": float(np.median(measured["peak_bytes"])),
             }
         )
-    return pd.DataFrame.from_records(records), {**runs[0][1], "runs": len(runs)}
+    pooled = pd.DataFrame.from_records(records)
+    return pooled, {**runs[0][1], "runs": len(runs), "reference_ms": reference_ms(pooled)}
 
 
 def run_suite(
@@ -92,9 +102,13 @@ def run_suite(
     select: str | None = None,
     node_ids: list[str] | None = None,
     rounds: int | None = None,
+    quiet_reference_ms: float | None = None,
     name: str = SUITE_JSON,
 ) -> int:
-    """Run the pytest-benchmark suite (or only node_ids) into out_dir/<name>; pytest's exit status."""
+    """Run the pytest-benchmark suite (or only node_ids) into out_dir/<name>; pytest's exit status.
+
+    quiet_reference_ms: the baseline's reference time, for the suite's quiet gate (bench/regression_suite.py).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pytest", *(node_ids or [str(SUITE)]), "-q", "-p", "no:cacheprovider",
@@ -103,6 +117,7 @@ def run_suite(
         *(f"--zoo-import={module}" for module in imports),
         *(["-k", select] if select else []),
         *([f"--rounds={rounds}"] if rounds else []),
+        *([f"--quiet-reference-ms={quiet_reference_ms:.4f}"] if quiet_reference_ms else []),
     ]  # fmt: skip
     print("bench.check: running the regression suite:", " ".join(command[1:]), flush=True)
     return subprocess.run(command, cwd=REPO).returncode

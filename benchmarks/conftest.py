@@ -9,7 +9,7 @@ import torch
 from bench.cases import unsupported_reason
 from bench.locks import TIMING_LOCK, timing_lock
 from bench.memory import keep_heap_resident, map_large_blocks
-from bench.regression_suite import METHOD, ROUNDS, THREADS, TIMER, measure_peak_bytes
+from bench.regression_suite import METHOD, ROUNDS, THREADS, TIMER, QuietGate, measure_peak_bytes
 
 _held = contextlib.ExitStack()
 _peak_bytes: dict[str, int | Exception] = {}  # by test id, from the memory pass
@@ -24,6 +24,12 @@ def pytest_addoption(parser):
         help="import a module that registers (or replaces) attention entries before the suite is collected",
     )
     parser.addoption("--rounds", type=int, default=ROUNDS, help=f"timed rounds per cell (default {ROUNDS})")
+    parser.addoption(
+        "--quiet-reference-ms",
+        type=float,
+        metavar="MS",
+        help="time each cell only once the reference attention takes about this long (the baseline's median)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its timer option
@@ -58,6 +64,13 @@ def peak_bytes(request):
     if isinstance(peak, Exception):
         raise peak
     return peak
+
+
+@pytest.fixture(scope="session")
+def quiet_gate(request):
+    """The run's quiet gate (one wait budget for all cells), or None when no baseline time was given."""
+    quiet_ms = request.config.getoption("--quiet-reference-ms")
+    return QuietGate(quiet_ms) if quiet_ms else None
 
 
 def pytest_unconfigure(config):

@@ -10,9 +10,9 @@ from bench.regression_suite import cell_name, measure, suite_cells
 
 
 @pytest.mark.parametrize("cell", suite_cells(), ids=cell_name)
-def test_attention(benchmark, cell, request):
+def test_attention(benchmark, cell, quiet_gate, request):
     reason = unsupported_reason(cell)
     if reason:
         pytest.skip(reason)
     peak_bytes = request.getfixturevalue("peak_bytes")  # after the skip: unsupported cells have no peak
-    measure(benchmark, cell, peak_bytes, rounds=request.config.getoption("--rounds"))
+    measure(benchmark, cell, peak_bytes, quiet_gate, rounds=request.config.getoption("--rounds"))

@@ -39,6 +39,7 @@ def _suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD
                         "declared_time_exponent": 1.0 if impl.startswith("lin") else 2.0,
                         "declared_memory_exponent": 1.0 if impl.startswith("lin") else 2.0,
                         "reference_ms": reference_ms.tolist(), "peak_bytes": int(peak * scale**mem_exp),
+                        "waited_s": 0.0,
                     },
                     "stats": {"data": (ratio * reference_ms / 1e3).tolist()},
                 }
@@ -161,12 +162,16 @@ def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
 
 
 def _fake_suite(monkeypatch, runs):
-    """Replace the real suite run: each call writes the next of `runs` (entries) and records what it was asked for."""
+    """Replace the real suite run: each call writes the next of `runs` (entries) and records the cells asked for.
+
+    Every run the check makes is gated on the baseline's reference time (2 ms here, up to noise).
+    """
     calls = []
 
-    def run_suite(out_dir, imports, select=None, node_ids=None, rounds=None, name=suite_runs.SUITE_JSON):
+    def run_suite(out_dir, imports, select=None, node_ids=None, rounds=None, quiet_reference_ms=None):
+        assert quiet_reference_ms == pytest.approx(2.0, rel=0.02)
         calls.append(node_ids)
-        _suite_file(out_dir, runs[len(calls) - 1], seed=len(calls), name=name)
+        _suite_file(out_dir, runs[len(calls) - 1], seed=len(calls))
         return 0
 
     monkeypatch.setattr(check, "run_suite", run_suite)
