@@ -34,6 +34,10 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its timer option
 def pytest_configure(config):
+    for option, allowed in (("--rounds", "a whole number of 1 or more"), ("--quiet-reference-ms", "a time in ms > 0")):
+        value = config.getoption(option)
+        if value is not None and value <= 0:
+            raise pytest.UsageError(f"{option}={value} is invalid: give {allowed}")
     config.option.benchmark_timer = TIMER
     map_large_blocks()  # from the start, so that the heap holds no large block when the memory pass runs
     torch.set_num_threads(THREADS)

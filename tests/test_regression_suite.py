@@ -1,8 +1,12 @@
 """The regression suite's quiet gate: a cell is timed only once the machine is as quiet as for the baseline."""
 
+import subprocess
+import sys
+
 import pytest
 
 from bench import regression_suite
+from bench.environment import REPO
 from bench.regression_suite import QUIET_PROBES, QuietGate
 
 
@@ -42,3 +46,21 @@ def test_once_the_budget_is_spent_cells_are_timed_as_found(sleeps):
     assert gate.wait(_reference([])) == 3.0
     assert gate.wait(_reference([])) == 0.0
     assert len(sleeps) == 3
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--rounds=0", "--rounds=0 is invalid: give a whole number of 1 or more"),
+        ("--quiet-reference-ms=-2", "--quiet-reference-ms=-2.0 is invalid: give a time in ms > 0"),
+    ],
+)
+def test_bad_suite_options_are_one_line(option, message):
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", option, "-q", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR
+    assert run.stderr.strip() == f"ERROR: {message}"
