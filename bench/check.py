@@ -304,7 +304,10 @@ def main(argv: list[str]) -> int:
         suite_status |= run_suite(
             rerun_dir, args.zoo_import, node_ids=node_ids, rounds=args.rounds, quiet_reference_ms=quiet_ms
         )
-        rerun, _ = load_suite(rerun_dir)
+        try:
+            rerun, _ = load_suite(rerun_dir)
+        except CheckError:
+            break  # it failed before writing results: suite_status says so, and the figures stay flagged
         fresh_env["waited_s"] += float(rerun["waited_s"].sum())
         table = confirm(table, compare(baseline, rerun, tolerances)[0], f"re-run {attempt}")
     print(report(table, flagged, n_cells, missing, base_env, fresh_env, suite_status, confirmed=ran_here))

@@ -162,16 +162,20 @@ def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
 
 
 def _fake_suite(monkeypatch, runs):
-    """Replace the real suite run: each call writes the next of `runs` (entries) and records the cells asked for.
+    """Replace the real suite run: each call writes the next of `runs` (entries; None: fail, writing nothing).
 
-    Every run the check makes is gated on the baseline's reference time (2 ms here, up to noise).
+    Records the cells each call asked for. Every run the check makes is gated on the baseline's
+    reference time (2 ms here, up to noise).
     """
     calls = []
 
     def run_suite(out_dir, imports, select=None, node_ids=None, rounds=None, quiet_reference_ms=None):
         assert quiet_reference_ms == pytest.approx(2.0, rel=0.02)
         calls.append(node_ids)
-        _suite_file(out_dir, runs[len(calls) - 1], seed=len(calls))
+        entries = runs[len(calls) - 1]
+        if entries is None:
+            return pytest.ExitCode.TESTS_FAILED
+        _suite_file(out_dir, entries, seed=len(calls))
         return 0
 
     monkeypatch.setattr(check, "run_suite", run_suite)
@@ -199,6 +203,16 @@ def test_a_regression_that_repeats_when_re_measured_is_reported(tmp_path, capsys
     regressions = _regressions(out)
     assert regressions.startswith("lin_b:") and "re-run 1" in regressions
     assert "not again" not in out
+
+
+def test_a_re_run_that_fails_is_a_failed_suite(tmp_path, capsys, monkeypatch):
+    slow = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
+    _fake_suite(monkeypatch, [slow, None])
+    status = check.main(["--baseline", str(_baseline(tmp_path)), "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "REGRESSION: the suite itself failed (pytest exit 1)" in out
+    assert _regressions(out.split("REGRESSION: the suite")[1]).startswith("lin_b:")
 
 
 def test_nothing_flagged_is_not_re_measured(tmp_path, capsys, monkeypatch):
