@@ -58,6 +58,7 @@ MEMORY_SLACK_BYTES = 256 * 1024
 EXPONENT_TOLERANCE = 0.35
 ALPHA = 0.01
 CONFIRM_RUNS = 1
+BUSY_WARNING = 1.05  # a run whose reference took this much longer than the baseline's was timed on a busier machine
 CHECK_COLUMNS = ["impl", "mode", "check", "baseline", "now", "change", "p", "by_n", "regressed"]
 
 
@@ -341,6 +342,12 @@ def report(
         f"compared {len(table)} figures of {table['impl'].nunique()} entries ({n_cells} cells): time / ref, "
         "peak bytes, time and memory exponents in N, per entry and mode"
     )
+    if fresh_env["reference_ms"] > BUSY_WARNING * base_env["reference_ms"]:
+        busier = fresh_env["reference_ms"] / base_env["reference_ms"] - 1
+        lines.append(
+            f"warning: the machine was busier than for the baseline (reference {100 * busier:+.0f}%): entries "
+            "slow differently under load, so time figures move more than usual"
+        )
     if missing:
         lines += [f"could not compare {len(missing)}:"] + [f"  {line}" for line in missing]
     if suite_status:

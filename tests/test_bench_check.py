@@ -22,14 +22,14 @@ ROUNDS = 15
 NOISE = 0.04  # lognormal sigma of one round's ratio
 
 
-def _suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD):
+def _suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD, reference_ms=2.0):
     """A suite JSON: entries maps impl -> (time exponent, ms at N=256, peak-bytes exponent, bytes at 256, slowdown)."""
     rng = np.random.default_rng(seed)
     benchmarks = []
     for impl, (time_exp, ms, mem_exp, peak, slowdown) in entries.items():
         for n in SEQ_LENS:
             scale = n / SEQ_LENS[0]
-            reference_ms = 2.0 * rng.lognormal(0, NOISE, ROUNDS)
+            reference_samples = reference_ms * rng.lognormal(0, NOISE, ROUNDS)
             ratio = ms * scale**time_exp * slowdown * rng.lognormal(0, NOISE, ROUNDS) / 2.0
             benchmarks.append(
                 {
@@ -38,10 +38,10 @@ def _suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD
                         "impl": impl, "mode": "fwd", "seq_len": n, "causal": False, "hparams": {"window": 32},
                         "declared_time_exponent": 1.0 if impl.startswith("lin") else 2.0,
                         "declared_memory_exponent": 1.0 if impl.startswith("lin") else 2.0,
-                        "reference_ms": reference_ms.tolist(), "peak_bytes": int(peak * scale**mem_exp),
+                        "reference_ms": reference_samples.tolist(), "peak_bytes": int(peak * scale**mem_exp),
                         "waited_s": 0.0,
                     },
-                    "stats": {"data": (ratio * reference_ms / 1e3).tolist()},
+                    "stats": {"data": (ratio * reference_samples / 1e3).tolist()},
                 }
             )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,15 @@ def test_noise_alone_is_no_regression(tmp_path, capsys, seed):
     assert "no regression" in out
     assert "compared 12 figures of 3 entries (12 cells)" in out
     assert "(3 runs pooled)" in out
+    assert "busier" not in out
+
+
+def test_a_busier_machine_is_said(tmp_path, capsys):
+    fresh = _suite_file(tmp_path / "fresh", HEALTHY, seed=1, reference_ms=2.4)  # every ratio as before
+    status = check.main(["--baseline", str(_baseline(tmp_path)), str(fresh)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "warning: the machine was busier than for the baseline (reference +" in out
 
 
 def test_twenty_percent_slower_entry_is_named(tmp_path, capsys):
