@@ -46,7 +46,7 @@ from bench.suite_runs import (
     CheckError,
     load_baseline,
     load_suite,
-    reference_ms,
+    median_reference_ms,
     refresh_baseline,
     run_suite,
 )
@@ -289,7 +289,7 @@ def main(argv: list[str]) -> int:
             f"{results_dir} was measured as '{fresh_env['suite_method']}', the baseline as "
             f"'{base_env['suite_method']}': refresh the baseline (--refresh-baseline)"
         )
-    fresh_env.update(reference_ms=reference_ms(fresh), waited_s=float(fresh["waited_s"].sum()))
+    fresh_env.update(reference_ms=median_reference_ms(fresh), waited_s=float(fresh["waited_s"].sum()))
 
     tolerances = Tolerances(args.time_tolerance, args.memory_tolerance, args.exponent_tolerance, args.alpha)
     table, n_cells, missing = compare(baseline, fresh, tolerances)

@@ -126,9 +126,9 @@ class QuietGate:
     slow through a whole 20 s run, never once at its usual time), and entries are slowed by
     different factors, so the ratio does not cancel it all: sliding_window read +18% at every N, and
     with a process streaming memory on the other core the efficient entries' forward passes read
-    +10-12% (raw times +16-26%). The gate
-    times the reference before each cell and waits while it is over QUIET_MARGIN x `quiet_ms` (the
-    baseline's median); a run waits at most `budget_s` in all, then times the rest as it finds them.
+    +10-12% (raw times +16-26%). The gate times the reference before each cell and waits while it is
+    over QUIET_MARGIN x `quiet_ms` (the baseline's median); a run waits at most `budget_s` in all,
+    then times the rest as it finds them.
     """
 
     quiet_ms: float

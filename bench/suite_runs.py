@@ -67,7 +67,7 @@ def load_suite(results_dir: str | Path, name: str = SUITE_JSON) -> tuple[pd.Data
     return pd.DataFrame.from_records(records), environment
 
 
-def reference_ms(cells: pd.DataFrame) -> float:
+def median_reference_ms(cells: pd.DataFrame) -> float:
     """The median time of the reference attention over every round of a run: how busy the machine was."""
     return float(np.median(np.concatenate(cells["reference_ms"].to_list())))
 
@@ -86,17 +86,19 @@ def load_baseline(baseline_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     cells = pd.concat([frame for frame, _ in runs], ignore_index=True)
     records = []
     for _, measured in cells.groupby(KEY, sort=False):
+        time_ms = np.concatenate(measured["time_ms"].to_list())
+        reference = np.concatenate(measured["reference_ms"].to_list())
         records.append(
             {
                 **measured.iloc[0].to_dict(),
-                "time_ms": np.concatenate(measured["time_ms"].to_list()),
-                "reference_ms": np.concatenate(measured["reference_ms"].to_list()),
-                "ratio": np.concatenate(measured["ratio"].to_list()),
+                "time_ms": time_ms,
+                "reference_ms": reference,
+                "ratio": time_ms / reference,
                 "peak_bytes": float(np.median(measured["peak_bytes"])),
             }
         )
     pooled = pd.DataFrame.from_records(records)
-    return pooled, {**runs[0][1], "runs": len(runs), "reference_ms": reference_ms(pooled)}
+    return pooled, {**runs[0][1], "runs": len(runs), "reference_ms": median_reference_ms(pooled)}
 
 
 def run_suite(
