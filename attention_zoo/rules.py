@@ -7,7 +7,8 @@ A builder states each hyperparameter's type, rules and default in its signature:
 
 The registry reads them with `typing.get_type_hints(builder, include_extras=True)`. The type
 (int, float, bool, str, or a union of them with None) is always checked; bool is never an int,
-an int is a float. Rules: `AtLeast(bound)`, `AtMost(bound)`, `OneOf(*values)`. A bound is a number,
+an int is a float. Rules: `AtLeast(bound)`, `Above(bound)` (strictly), `AtMost(bound)`,
+`OneOf(*values)`. A bound is a number,
 or the name of a value in the rule's context: an attribute of the Problem for a hyperparameter
 (`AtLeast("kv_len")`), a sibling option for a config option (`AtMost("max_samples")`); a rule whose
 context is not known yet (no problem) is checked later, when it is. None is never checked by a rule.
@@ -28,36 +29,53 @@ class RuleError(ValueError):
     """A value its declaration does not allow; the message is one line naming the value and what is allowed."""
 
 
-def _bound(bound: float | str, context: Any) -> tuple[float, str] | None:
-    """The bound's number and how to name it; None when it names a value of a context not known yet."""
-    if not isinstance(bound, str):
-        return bound, str(bound)
-    if context is None:
-        return None
-    value = context[bound] if isinstance(context, Mapping) else getattr(context, bound)
-    return value, f"{bound} ({value})"
-
-
 @dataclass(frozen=True)
-class AtLeast:
+class _Bound:
+    """value <op> bound; the bound is a number or names a value of the context."""
+
+    bound: float | str
+    symbol = ""
+
+    def holds(self, value: Any, bound: Any) -> bool:
+        raise NotImplementedError
+
+    def violation(self, value: Any, context: Any) -> str | None:
+        """What the value must be (`>= 1`, `>= kv_len (256)`), or None when it is, or cannot be told yet."""
+        if isinstance(self.bound, str):
+            if context is None:
+                return None  # the context (the problem) is not known yet
+            bound = context[self.bound] if isinstance(context, Mapping) else getattr(context, self.bound)
+            named = f"{self.bound} ({bound})"
+        else:
+            bound, named = self.bound, str(self.bound)
+        return None if bound is None or self.holds(value, bound) else f"{self.symbol} {named}"
+
+
+class AtLeast(_Bound):
     """value >= bound."""
 
-    bound: float | str
+    symbol = ">="
 
-    def violation(self, value: Any, context: Any) -> str | None:
-        bound = _bound(self.bound, context)
-        return None if bound is None or bound[0] is None or value >= bound[0] else f">= {bound[1]}"
+    def holds(self, value: Any, bound: Any) -> bool:
+        return value >= bound
 
 
-@dataclass(frozen=True)
-class AtMost:
+class Above(_Bound):
+    """value > bound."""
+
+    symbol = ">"
+
+    def holds(self, value: Any, bound: Any) -> bool:
+        return value > bound
+
+
+class AtMost(_Bound):
     """value <= bound."""
 
-    bound: float | str
+    symbol = "<="
 
-    def violation(self, value: Any, context: Any) -> str | None:
-        bound = _bound(self.bound, context)
-        return None if bound is None or bound[0] is None or value <= bound[0] else f"<= {bound[1]}"
+    def holds(self, value: Any, bound: Any) -> bool:
+        return value <= bound
 
 
 class OneOf:
@@ -73,7 +91,7 @@ class OneOf:
         return None if value in self.values else f"one of {', '.join(map(str, self.values))}"
 
 
-Rule = AtLeast | AtMost | OneOf
+Rule = _Bound | OneOf
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,7 @@ def declared(hint: Any) -> Declared:
     """The declaration an annotation makes: `Annotated[int, AtLeast(1)]`, or a plain type."""
     if get_origin(hint) is Annotated:
         base, *extras = get_args(hint)
-        return Declared(_types(base), tuple(e for e in extras if isinstance(e, AtLeast | AtMost | OneOf)))
+        return Declared(_types(base), tuple(e for e in extras if isinstance(e, Rule)))
     return Declared(_types(hint))
 
 
