@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bench.cases import expand
-from bench.config import BenchConfig, compose_config, register_configs
+from bench.config import CONF_DIR, BenchConfig, compose_config, register_configs
 from bench.errors import USER_ERRORS, BenchConfigError, exit_on_user_error, one_line
 from bench.locks import claim_folder
 from bench.results import read_rows_csv
@@ -168,7 +168,7 @@ def resume(overrides: list[str]) -> None:
     run(plain, run_dir, saved["run_id"], saved["job_id"])
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     """One Hydra job: results/<run_id>/, or results/<sweep_id>/<job_num>/ in a multirun."""
     hydra_cfg = HydraConfig.get()

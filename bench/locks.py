@@ -42,7 +42,13 @@ def timing_lock(path: str | Path | None) -> Iterator[bool]:
         yield False
         return
     path = Path(path)
-    descriptor = _open_for_locking(path)
+    try:
+        descriptor = _open_for_locking(path)
+    except OSError as error:
+        raise BenchConfigError(
+            f"timing_lock={path} cannot be opened ({error.strerror}): give a file path in a folder you can write, "
+            "or null"
+        ) from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
