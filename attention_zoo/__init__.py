@@ -33,13 +33,17 @@ from attention_zoo.registry import (
     load_entry_points,
     register,
 )
+from attention_zoo.rules import AtLeast, AtMost, OneOf
 
 load_entry_points()
 
 __all__ = [
+    "AtLeast",
+    "AtMost",
     "Attention",
     "Entry",
     "HyperparameterError",
+    "OneOf",
     "Problem",
     "ProblemError",
     "UnknownImplError",

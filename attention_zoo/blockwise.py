@@ -9,12 +9,14 @@ entirely are skipped, so causal attention does about half the work.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
-from attention_zoo.registry import check_positive, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 
 class _Tiling:
@@ -122,8 +124,6 @@ class BlockwiseAttention(Attention):
 
     def __init__(self, problem: Problem, q_tile: int, k_tile: int) -> None:
         super().__init__(problem)
-        check_positive("blockwise", "q_tile", q_tile)
-        check_positive("blockwise", "k_tile", k_tile)
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         self.tiling = _Tiling(problem, q_tile, k_tile, torch.device(problem.device))
 
@@ -143,6 +143,8 @@ class BlockwiseAttention(Attention):
     memory="N",
     check_hparams={"q_tile": 16, "k_tile": 24},
 )
-def blockwise(problem: Problem, *, q_tile: int = 256, k_tile: int = 512) -> Attention:
+def blockwise(
+    problem: Problem, *, q_tile: Annotated[int, AtLeast(1)] = 256, k_tile: Annotated[int, AtLeast(1)] = 512
+) -> Attention:
     """FlashAttention 2's tiled online softmax in PyTorch; q_tile x k_tile scores live at a time."""
     return BlockwiseAttention(problem, q_tile, k_tile)

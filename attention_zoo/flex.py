@@ -24,7 +24,7 @@ from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
-from attention_zoo.sparse import BandLayout, check_window_hparams, window_allowed, window_predicate
+from attention_zoo.sparse import BandLayout, GlobalTokens, Window, window_allowed, window_predicate
 
 # Eager create_block_mask materialises the dense (B, 1, Nq, Nk) mask and its int64 intermediates;
 # above this many (query, key) pairs the mask is built by a compiled create_block_mask instead.
@@ -98,14 +98,12 @@ FLEX = {
 
 
 @register(time="N*w", memory="N", check_hparams={"window": 5}, **FLEX)
-def flex_sliding_window(problem: Problem, *, window: int = 256) -> Attention:
+def flex_sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """sliding_window's band through compiled flex_attention and a BlockMask (build compiles; forward only)."""
-    check_window_hparams("flex_sliding_window", window)
     return FlexWindowAttention(problem, window, 0)
 
 
 @register(time="N*(w+g)", memory="N", check_hparams={"window": 5, "global_tokens": 3}, **FLEX)
-def flex_global(problem: Problem, *, window: int = 256, global_tokens: int = 16) -> Attention:
+def flex_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """window_global's Longformer pattern through compiled flex_attention and a BlockMask (build compiles)."""
-    check_window_hparams("flex_global", window, global_tokens)
     return FlexWindowAttention(problem, window, global_tokens)

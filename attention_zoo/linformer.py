@@ -14,6 +14,7 @@ k projected rows instead of N keys: O(N*k) time and memory. Conventions:
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import HyperparameterError, check_flag, check_positive, check_seed, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 
 def _availability(problem: Problem) -> str | None:
@@ -40,15 +42,7 @@ class LinformerAttention(Attention):
         self, problem: Problem, proj_len: int, share_kv: bool, per_head: bool, max_len: int | None, seed: int
     ) -> None:
         super().__init__(problem)
-        check_positive("linformer", "proj_len", proj_len)
-        check_flag("linformer", "share_kv", share_kv)
-        check_flag("linformer", "per_head", per_head)
         max_len = problem.kv_len if max_len is None else max_len
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < problem.kv_len:
-            raise HyperparameterError(
-                f"linformer max_len={max_len!r} is invalid: it must be an integer >= kv_len={problem.kv_len}, or null"
-            )
-        check_seed("linformer", seed)
         generator = torch.Generator().manual_seed(seed)
         heads = problem.kv_heads if per_head else 1
         std = 1.0 / math.sqrt(proj_len)
@@ -101,10 +95,10 @@ def _flops(problem: Problem, hparams: dict) -> float:
 def linformer(
     problem: Problem,
     *,
-    proj_len: int = 256,
+    proj_len: Annotated[int, AtLeast(1)] = 256,
     share_kv: bool = False,
     per_head: bool = False,
-    max_len: int | None = None,
+    max_len: Annotated[int | None, AtLeast("kv_len")] = None,  # null: kv_len
     seed: int = 0,
 ) -> Attention:
     """Linformer: softmax(Q (E K)^T / sqrt(d)) (F V), random E, F (k x max_len) project the key axis."""

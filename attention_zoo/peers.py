@@ -12,13 +12,15 @@ import contextlib
 import importlib
 import io
 import math
+from typing import Annotated
 
 import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import check_flag, check_positive, check_seed, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 PEERS_EXTRA = "pip install 'attention-zoo[peers]'"
 
@@ -50,8 +52,6 @@ class PeerLocalAttention(Attention):
 
     def __init__(self, problem: Problem, window: int, exact_windowsize: bool) -> None:
         super().__init__(problem)
-        check_positive("peer_local_attention", "window", window)
-        check_flag("peer_local_attention", "exact_windowsize", exact_windowsize)
         self.window = window
         self.look_forward = 0 if problem.causal else 1
         self.exact_windowsize = exact_windowsize
@@ -119,7 +119,9 @@ def _local_attention_flops(problem: Problem, hparams: dict) -> float:
     availability=lambda problem: _missing_reason("local_attention", "local-attention"),
     check_hparams={"window": 8},
 )
-def peer_local_attention(problem: Problem, *, window: int = 256, exact_windowsize: bool = True) -> Attention:
+def peer_local_attention(
+    problem: Problem, *, window: Annotated[int, AtLeast(1)] = 256, exact_windowsize: bool = True
+) -> Attention:
     """lucidrains' local-attention LocalAttention, bucketed; window as in sliding_window."""
     return PeerLocalAttention(problem, window, exact_windowsize)
 
@@ -152,9 +154,6 @@ class PeerLinformer(Attention):
 
     def __init__(self, problem: Problem, proj_len: int, share_kv: bool, seed: int) -> None:
         super().__init__(problem)
-        check_positive("peer_linformer", "proj_len", proj_len)
-        check_flag("peer_linformer", "share_kv", share_kv)
-        check_seed("peer_linformer", seed)
         heads, head_dim = problem.q_heads, problem.head_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -211,7 +210,9 @@ def _linformer_flops(problem: Problem, hparams: dict) -> float:
     availability=_linformer_availability,
     check_hparams={"proj_len": 8},
 )
-def peer_linformer(problem: Problem, *, proj_len: int = 256, share_kv: bool = False, seed: int = 0) -> Attention:
+def peer_linformer(
+    problem: Problem, *, proj_len: Annotated[int, AtLeast(1)] = 256, share_kv: bool = False, seed: int = 0
+) -> Attention:
     """The linformer package's LinformerSelfAttention core; proj_len and share_kv as in linformer."""
     return PeerLinformer(problem, proj_len, share_kv, seed)
 
@@ -238,9 +239,6 @@ class PeerPerformer(Attention):
 
     def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int) -> None:
         super().__init__(problem)
-        check_positive("peer_performer", "num_features", num_features)
-        check_flag("peer_performer", "redraw", redraw)
-        check_seed("peer_performer", seed)
         self.redraw = redraw
         # FastAttention prints a notice when it falls back from the CUDA causal kernel; the doc says it
         with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
@@ -302,6 +300,8 @@ def _performer_flops(problem: Problem, hparams: dict) -> float:
     availability=_performer_availability,
     check_hparams={"num_features": 16},
 )
-def peer_performer(problem: Problem, *, num_features: int = 256, redraw: bool = False, seed: int = 0) -> Attention:
+def peer_performer(
+    problem: Problem, *, num_features: Annotated[int, AtLeast(1)] = 256, redraw: bool = False, seed: int = 0
+) -> Attention:
     """performer-pytorch's FastAttention (FAVOR+ softmax kernel); num_features and redraw as in performer."""
     return PeerPerformer(problem, num_features, redraw, seed)

@@ -22,13 +22,15 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
-from attention_zoo.registry import check_flag, check_positive, check_seed, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 
 def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,19 +44,11 @@ def orthogonal_random_features(num_features: int, head_dim: int, generator: torc
     return directions * norms[:, None]
 
 
-def _check_hparams(num_features: object, redraw: object, seed: object, causal_chunk: object) -> None:
-    check_positive("performer", "num_features", num_features)
-    check_positive("performer", "causal_chunk", causal_chunk)
-    check_flag("performer", "redraw", redraw)
-    check_seed("performer", seed)
-
-
 class PerformerAttention(Attention):
     """FAVOR+ linear attention with positive orthogonal random features, causal by chunked prefix sums."""
 
     def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int) -> None:
         super().__init__(problem)
-        _check_hparams(num_features, redraw, seed, causal_chunk)
         self.num_features, self.redraw, self.causal_chunk = num_features, redraw, causal_chunk
         self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
         self.generator = torch.Generator().manual_seed(seed)
@@ -160,7 +154,12 @@ def _flops(problem: Problem, hparams: dict) -> float:
     check_hparams={"num_features": 32, "causal_chunk": 7},
 )
 def performer(
-    problem: Problem, *, num_features: int = 256, redraw: bool = False, seed: int = 0, causal_chunk: int = 128
+    problem: Problem,
+    *,
+    num_features: Annotated[int, AtLeast(1)] = 256,
+    redraw: bool = False,
+    seed: int = 0,
+    causal_chunk: Annotated[int, AtLeast(1)] = 128,
 ) -> Attention:
     """Performer FAVOR+: positive orthogonal random features, softmax kernel estimated in O(N*m*d)."""
     return PerformerAttention(problem, num_features, redraw, seed, causal_chunk)

@@ -2,6 +2,18 @@
 
 Each entry states as data what it is and what it supports; whatever it cannot run is answered
 by `unsupported_reason` as a string the harness records, never by an exception from torch.
+
+Hyperparameters are the builder's keyword-only arguments; each one's type, rules and default are
+declared once, in the signature, and the registry checks every value against them for every caller
+(`Entry.build`, `Entry.resolve_hparams`, the bench's config pre-check, the regression suite):
+
+    @register(family="sparse", exact=False, time="N*w", memory="N*w")
+    def sliding_window(problem: Problem, *, window: Annotated[int, AtLeast(1)] = 256) -> Attention: ...
+
+Rules (`attention_zoo.rules`): `AtLeast(bound)`, `AtMost(bound)`, `OneOf(*values)`; a bound is a number
+or a Problem attribute (`AtLeast("kv_len")`, checked once the problem is known). The annotated type
+(int, float, bool, str, optionally `| None`) is checked too; bool is never accepted as an int. A bad
+value raises HyperparameterError with one line: `linformer proj_len=-1 is invalid: it must be an integer >= 1`.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from typing import Any
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import DTYPES, Problem
+from attention_zoo.rules import Declared, RuleError, declarations
 
 FAMILIES = ("full", "flash", "sparse", "low_rank", "kernel", "memory")
 MODES = ("forward", "backward")
@@ -33,32 +46,8 @@ class UnknownImplError(KeyError):
         return self.args[0]
 
 
-class HyperparameterError(ValueError):
+class HyperparameterError(RuleError):
     """A hyperparameter an entry does not have, or a value it cannot use; the message is one line."""
-
-
-def check_positive(entry: str, field: str, value: object) -> None:
-    """A HyperparameterError unless value is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be a positive integer")
-
-
-def check_at_least(entry: str, field: str, value: object, low: int) -> None:
-    """A HyperparameterError unless value is an integer >= low."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be an integer >= {low}")
-
-
-def check_flag(entry: str, field: str, value: object) -> None:
-    """A HyperparameterError unless value is a bool."""
-    if not isinstance(value, bool):
-        raise HyperparameterError(f"{entry} {field}={value!r} is invalid: it must be true or false")
-
-
-def check_seed(entry: str, seed: object) -> None:
-    """A HyperparameterError unless the seed is an integer."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HyperparameterError(f"{entry} seed={seed!r} is invalid: it must be an integer")
 
 
 class UnsupportedError(RuntimeError):
@@ -111,6 +100,7 @@ class Entry:
     availability: AvailabilityFn = _always_available
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
+    declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -118,14 +108,24 @@ class Entry:
         params = inspect.signature(self.builder).parameters.values()
         return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
-    def resolve_hparams(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults updated by overrides; an unknown name is a HyperparameterError naming the allowed ones."""
+    def resolve_hparams(
+        self, overrides: Mapping[str, Any] | None = None, problem: Problem | None = None
+    ) -> dict[str, Any]:
+        """Defaults updated by overrides, each checked against its declaration (rules on the problem once it is given).
+
+        An unknown name, or a value its declaration does not allow, is a one-line HyperparameterError.
+        """
         resolved = self.hparams
         for key, value in (overrides or {}).items():
             if key not in resolved:
                 allowed = ", ".join(resolved) or "none"
                 raise HyperparameterError(f"{self.name} has no hyperparameter {key!r}: allowed are {allowed}")
             resolved[key] = value
+        try:
+            for key, value in resolved.items():
+                self.declared[key].check(f"{self.name} {key}", value, problem)
+        except RuleError as error:
+            raise HyperparameterError(str(error)) from None
         return resolved
 
     def unsupported_reason(self, problem: Problem, mode: str = "forward") -> str | None:
@@ -150,7 +150,7 @@ class Entry:
         reason = self.unsupported_reason(problem)
         if reason:
             raise UnsupportedError(reason)
-        return self.builder(problem, **self.resolve_hparams(overrides))
+        return self.builder(problem, **self.resolve_hparams(overrides, problem))
 
     def flops(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
         """FLOPs of one pass: forward as declared; backward 2.5x forward, forward+backward 3.5x."""
@@ -204,15 +204,26 @@ def register(
             availability=availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
+            declared=MappingProxyType(_declared_hparams(entry_name, builder)),
         )
-        hparams = entry.hparams  # fail at registration, not at run time, on a bad check_hparams key
-        unknown = set(entry.check_hparams) - set(hparams)
+        # fail at registration, not at run time, on a bad check_hparams key or a default its rules refuse
+        unknown = set(entry.check_hparams) - set(entry.hparams)
         if unknown:
             raise ValueError(f"{entry_name}: check_hparams {sorted(unknown)} are not hyperparameters")
+        entry.resolve_hparams(entry.check_hparams)
         _REGISTRY[entry_name] = entry
         return builder
 
     return wrap
+
+
+def _declared_hparams(name: str, builder: Callable[..., Attention]) -> dict[str, Declared]:
+    """The declared type and rules of each keyword-only argument (hyperparameter) of a builder."""
+    params = inspect.signature(builder).parameters.values()
+    try:
+        return declarations(builder, [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY])
+    except NameError as error:  # an annotation naming something the builder's module does not define
+        raise ValueError(f"{name}: the builder's annotations cannot be evaluated ({error})") from None
 
 
 def _natural_key(name: str) -> list[Any]:

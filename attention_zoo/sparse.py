@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import check_at_least, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 Predicate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_window_hparams(entry: str, window: int, global_tokens: int = 0) -> None:
-    """One-line HyperparameterError for a window below 1 or a negative number of global tokens."""
-    check_at_least(entry, "window", window, 1)
-    check_at_least(entry, "global_tokens", global_tokens, 0)
+Window = Annotated[int, AtLeast(1)]  # keys on each side of a query's own position
+GlobalTokens = Annotated[int, AtLeast(0)]  # leading key positions every query attends
 
 
 def window_predicate(problem: Problem, window: int, global_tokens: int) -> Predicate:
@@ -209,9 +208,8 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
 
 
 @register(family="sparse", exact=False, time="N*w", memory="N*w", flops=computed_flops, check_hparams={"window": 5})
-def sliding_window(problem: Problem, *, window: int = 256) -> Attention:
+def sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
-    check_window_hparams("sliding_window", window)
     return SlidingWindowAttention(problem, window, 0)
 
 
@@ -223,7 +221,6 @@ def sliding_window(problem: Problem, *, window: int = 256) -> Attention:
     flops=computed_flops,
     check_hparams={"window": 5, "global_tokens": 3},
 )
-def window_global(problem: Problem, *, window: int = 256, global_tokens: int = 16) -> Attention:
+def window_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
-    check_window_hparams("window_global", window, global_tokens)
     return SlidingWindowAttention(problem, window, global_tokens)

@@ -20,6 +20,7 @@ Time O(N*(L+M)*d); one segment's L x (L+M) scores live at a time.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
-from attention_zoo.registry import check_at_least, check_flag, check_positive, check_seed, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
 
 
 def segment_memory_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, segment_len: int, mem_len: int) -> torch.Tensor:
@@ -68,10 +70,6 @@ class TransformerXLAttention(Attention):
 
     def __init__(self, problem: Problem, segment_len: int, mem_len: int, relative: bool, seed: int) -> None:
         super().__init__(problem)
-        check_positive("transformer_xl", "segment_len", segment_len)
-        check_at_least("transformer_xl", "mem_len", mem_len, 0)
-        check_flag("transformer_xl", "relative", relative)
-        check_seed("transformer_xl", seed)
         self.segment_len, self.mem_len, self.relative = segment_len, mem_len, relative
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         device, dtype = problem.device, problem.torch_dtype
@@ -184,7 +182,12 @@ def _flops(problem: Problem, hparams: dict) -> float:
     check_hparams={"segment_len": 16, "mem_len": 12},
 )
 def transformer_xl(
-    problem: Problem, *, segment_len: int = 512, mem_len: int = 512, relative: bool = True, seed: int = 0
+    problem: Problem,
+    *,
+    segment_len: Annotated[int, AtLeast(1)] = 512,
+    mem_len: Annotated[int, AtLeast(0)] = 512,
+    relative: bool = True,
+    seed: int = 0,
 ) -> Attention:
     """Transformer-XL attention: causal segments of L attend a detached memory of M positions, relative scores."""
     return TransformerXLAttention(problem, segment_len, mem_len, relative, seed)

@@ -13,12 +13,14 @@ import importlib
 import importlib.util
 import math
 import os
+from typing import Annotated
 
 import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
-from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast, OneOf
 
 TILE_SIZES = (16, 32, 64, 128, 256)
 MAX_HEAD_DIM = 128
@@ -133,9 +135,8 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
-def _check_tile(field: str, value: object) -> None:
-    if value not in TILE_SIZES or isinstance(value, bool):
-        raise HyperparameterError(f"{field}={value!r} is invalid: allowed are {', '.join(map(str, TILE_SIZES))}")
+Tile = Annotated[int, OneOf(*TILE_SIZES)]
+LaunchSetting = Annotated[int, AtLeast(0)]  # 0: automatic
 
 
 @register(
@@ -149,18 +150,18 @@ def _check_tile(field: str, value: object) -> None:
     check_hparams={"block_m": 16, "block_n": 16},
 )
 def triton_flash(
-    problem: Problem, *, block_m: int = 128, block_n: int = 64, num_warps: int = 0, num_stages: int = 0
+    problem: Problem,
+    *,
+    block_m: Tile = 128,
+    block_n: Tile = 64,
+    num_warps: LaunchSetting = 0,
+    num_stages: LaunchSetting = 0,
 ) -> Attention:
     """FlashAttention 2 in Triton, written here: tiled online softmax forward, LSE-recomputing backward.
 
     block_m: query rows per forward/dQ tile and key rows per dK/dV tile; block_n: the other side.
     num_warps, num_stages: Triton launch settings; 0 picks 4 warps / 3 stages up to head_dim 64, else 8 / 2.
     """
-    _check_tile("block_m", block_m)
-    _check_tile("block_n", block_n)
-    for field, value in (("num_warps", num_warps), ("num_stages", num_stages)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise HyperparameterError(f"{field}={value!r} is invalid: it must be 0 (automatic) or a positive integer")
     small_head = problem.head_dim <= 64
     return TritonFlash(
         problem,

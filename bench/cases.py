@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,14 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
+from bench.config import check_options
+from bench.errors import BenchConfigError
 
 # the registry's passes each benchmark mode runs
 MODE_PASSES = {"fwd": ("forward",), "bwd": ("forward", "backward"), "fwd_bwd": ("forward", "backward")}
 GLOB_CHARS = set("*?[")
-
-
-class BenchConfigError(ValueError):
-    """A config value that cannot describe a sweep; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,8 @@ def _axis(sweep: Mapping[str, Any], name: str, kinds: tuple[type, ...], allowed:
     return values
 
 
-def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
-    """Every problem of the grid, shortest sequences first, with the padding fraction that made it."""
-    axes = [
+def _grid_axes(sweep: Mapping[str, Any]) -> list[list]:
+    return [
         _axis(sweep, "seq_lens", (int,)),
         _axis(sweep, "batch", (int,)),
         _axis(sweep, "heads", (int,)),
@@ -73,8 +71,14 @@ def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
         _axis(sweep, "dtypes", (str,)),
         _axis(sweep, "devices", (str,)),
     ]
+
+
+def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
+    """Every problem of the grid, shortest sequences first, with the padding fraction that made it."""
     problems = []
-    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(*axes):
+    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(
+        *_grid_axes(sweep)
+    ):
         if not 0 <= padding < 1:
             raise BenchConfigError(f"sweep.padding value {padding!r} is invalid: it must be in [0, 1)")
         # every sequence of the batch keeps the same number of keys: padding is the fraction cut off
@@ -114,13 +118,22 @@ def select_impls(impls: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def _import(module: str) -> None:
+    """Import a module that registers entries; a missing one is a config error naming it."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0] and error.name != module:
+            raise  # the module exists and one of its own imports failed: its traceback says where
+        raise BenchConfigError(f"imports=[{module}]: no module named {module!r} on the Python path") from None
+
+
 def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The entry's resolved hyperparameters, one dict per combination of the swept (list) values."""
     entry = attention_zoo.get(name)
-    entry.resolve_hparams(overrides)  # an unknown name fails here, before any combination is built
     swept = {key: value if isinstance(value, list) else [value] for key, value in overrides.items()}
     for key, values in swept.items():
-        if not values:
+        if key in entry.hparams and not values:  # (an unknown name fails below, naming the allowed ones)
             raise BenchConfigError(f"impls.hparams.{name}.{key}=[] is empty: give at least one value")
     return [
         entry.resolve_hparams(dict(zip(swept, combo, strict=False))) for combo in itertools.product(*swept.values())
@@ -130,21 +143,29 @@ def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]
 def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    check_options(plain)
     impls, sweep = plain["impls"], plain["sweep"]
     for module in plain.get("imports", []):
-        importlib.import_module(module)  # extra entries (plugins, tests) register on import
+        _import(module)  # extra entries (plugins, tests) register on import
     names = select_impls(impls)
     for name in impls["hparams"]:
         attention_zoo.get(name)  # a typo in a hyperparameter block's name is an error, not silence
     grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
     modes = _axis(sweep, "modes", (str,), tuple(MODE_PASSES))
-    return [
-        Cell(impl=name, problem=problem, mode=mode, hparams=hparams, padding=padding)
-        for problem, padding in _problems(sweep)
-        for name in names
-        for hparams in grids[name]
-        for mode in modes
-    ]
+    # counted before anything is expanded: a grid of a million cells would take minutes just to list
+    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * len(modes)
+    if count > sweep["max_cells"]:
+        raise BenchConfigError(
+            f"the grid has {count:,} cells, more than sweep.max_cells={sweep['max_cells']:,}: "
+            "sweep fewer values, or raise sweep.max_cells"
+        )
+    cells = []
+    for problem, padding in _problems(sweep):
+        for name in names:
+            for hparams in grids[name]:
+                attention_zoo.get(name).resolve_hparams(hparams, problem)  # rules on the problem (>= kv_len)
+                cells += [Cell(name, problem, mode, hparams, padding) for mode in modes]
+    return cells
 
 
 def unsupported_reason(cell: Cell) -> str | None:

@@ -39,6 +39,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from bench.environment import REPO
+from bench.errors import OneLineParser
 from bench.fit import asymptotic_fit
 from bench.suite_runs import (
     BASELINE_RUNS,
@@ -220,15 +221,8 @@ def _format(table: pd.DataFrame) -> str:
     return shown.to_string(index=False, justify="left")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        """One line on stderr and exit 2 (argparse would print its usage first)."""
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bench.check", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m bench.check", description=__doc__.split("\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--baseline", type=Path, help="the baseline folder to compare with")
     target.add_argument("--refresh-baseline", type=Path, metavar="DIR", help="run the suite and save it as DIR")

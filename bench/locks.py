@@ -14,9 +14,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
-from bench.cases import BenchConfigError
+from bench.errors import BenchConfigError
 
 TIMING_LOCK = "/tmp/attention_zoo.timing.lock"  # machine-wide: every user's jobs see the same /tmp
 
@@ -43,7 +42,13 @@ def timing_lock(path: str | Path | None) -> Iterator[bool]:
         yield False
         return
     path = Path(path)
-    descriptor = _open_for_locking(path)
+    try:
+        descriptor = _open_for_locking(path)
+    except OSError as error:
+        raise BenchConfigError(
+            f"timing_lock={path} cannot be opened ({error.strerror}): give a file path in a folder you can write, "
+            "or null"
+        ) from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,13 +60,19 @@ def timing_lock(path: str | Path | None) -> Iterator[bool]:
         os.close(descriptor)  # releases the lock
 
 
-def claim_file(file: IO, folder: Path) -> None:
-    """Lock an open file of a results folder for this process, or fail at once when another process writes there."""
+def claim_folder(folder: Path) -> int:
+    """Lock a results folder for this process, or fail at once when another process writes there.
+
+    Returns the descriptor to close when done. The folder itself is locked, not a file in it, so its
+    files can be replaced (written whole, then renamed) while the lock holds.
+    """
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        file.close()
+        os.close(descriptor)
         raise BenchConfigError(
             f"{folder} is being written by another process: give each run its own folder (hydra.run.dir / "
             "hydra.sweep.dir)"
         ) from None
+    return descriptor

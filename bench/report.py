@@ -8,8 +8,8 @@ fit and table is then per (panel, series).
 
 from __future__ import annotations
 
-import argparse
 import base64
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -23,6 +23,7 @@ import pandas as pd
 from bench import fit, plots, summary
 
 # Problem axes other than N; those with more than one value become panels / group columns.
+BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
 AXES = ("mode", "causal", "dtype", "device", "device_name", "batch", "q_heads", "kv_heads", "head_dim", "kv", "padding")
 ENV_COLUMNS = (
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id", "exclusive",
@@ -31,9 +32,7 @@ HP_SHORT = {"num_features": "m", "proj_len": "k", "window": "w"}  # legend-frien
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def write_report(
-    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, baseline: str = "sdpa_flash"
-) -> Path:
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, baseline: str = BASELINE) -> Path:
     """Load the rows of one or more run folders and write the report into out_dir (default: the first run's)."""
     from bench.results import load  # imported here so this module loads without the harness
 
@@ -224,16 +223,29 @@ def _render(template: str, html: bool, context: dict, tables: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: run folders in, report.html path out."""
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    """The command line: run folders in, report.html path out; a user error is one line and exit 2."""
+    from bench.errors import OneLineParser, UserError, exit_on_user_error
+    from bench.results import load
+
+    parser = OneLineParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="results/<run_id> folders; several are merged")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first run folder)")
-    parser.add_argument("--baseline", default="sdpa_flash", help="impl the speedups and crossovers compare with")
+    parser.add_argument("--baseline", help=f"impl the speedups and crossovers compare with (default {BASELINE})")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if not d.is_dir()]
     if missing:
         parser.error(f"not a folder: {', '.join(missing)} (expected results/<run_id> folders)")
-    print(write_report(args.run_dirs, args.out, args.baseline))
+    with exit_on_user_error(parser.prog):
+        rows = load(*args.run_dirs)
+        measured = sorted(set(rows["impl"]))
+        if args.baseline is not None and args.baseline not in measured:
+            close = difflib.get_close_matches(args.baseline, measured, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(
+                f"--baseline {args.baseline!r} is not in these results{hint}; they have: {', '.join(measured)}"
+            )
+        out_dir = args.out or args.run_dirs[0]
+        print(render_report(rows, args.run_dirs, out_dir, args.baseline or BASELINE))
     return 0
 
 

@@ -1,7 +1,12 @@
-"""The runner: config -> cells -> worker -> rows, with a progress bar and a summary table at the end."""
+"""The runner: config -> cells -> worker -> rows, with a progress bar and a summary table at the end.
+
+Ctrl-C stops the worker and raises RunInterrupted, whose one-line message says how many cells are
+done and how to finish the run; every finished row is on disk already.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,6 +21,7 @@ from tqdm import tqdm
 import attention_zoo
 from bench import cases, results
 from bench.environment import device_name, environment
+from bench.errors import BenchConfigError
 from bench.flops import cell_flops
 from bench.locks import timing_lock
 from bench.memory import available_bytes, predict_bytes
@@ -24,6 +30,17 @@ from bench.worker import Worker
 MEMORY_LIMIT_FRACTION = 0.9  # default worker RSS limit, as a fraction of MemAvailable at start
 GEMM_TIMEOUT_S = 120.0
 SUMMARY_AXES = ["impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "dtype", "device"]
+CONFIG_YAML, ENVIRONMENT_JSON = "config.yaml", "environment.json"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message is the one line to print."""
+
+
+def config_fingerprint(plain: dict[str, Any]) -> str:
+    """A hash of what a config measures (resume= aside), recorded in environment.json to recognise the run's own."""
+    measured = {key: value for key, value in plain.items() if key != "resume"}
+    return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _gemm_ceilings(worker: Worker, cells: list[cases.Cell]) -> dict[tuple[str, str], float]:
@@ -89,26 +106,38 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
     memory_limit = plain["memory_limit_bytes"] or int(MEMORY_LIMIT_FRACTION * available_bytes())
     env = environment(threads)
 
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise BenchConfigError(f"{run_dir} is not writable: give a folder you can write (hydra.run.dir=...)")
     # the writer claims the folder first, so a second process aimed at it fails before writing anything
     writer = results.RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
-    (run_dir / "environment.json").write_text(
-        json.dumps({"run_id": run_id, "job_id": job_id, "memory_limit_bytes": memory_limit, **env}, indent=2)
-    )
-    todo = [c for c in cells if c.cell_id not in writer.done_cell_ids]
-
-    # the lock is taken before the worker starts: its start-up (importing torch) would disturb another job's timings
-    with timing_lock(plain["timing_lock"]) as exclusive, Worker(threads, plain["imports"], memory_limit) as worker:
-        ceilings = _gemm_ceilings(worker, todo)
-        progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
-        for cell in progress:
-            progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
-            row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env, "exclusive": exclusive}
-            started = _now()
-            row.update(_measure(cell, plain, worker))
-            row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
-            row.update(device_name=device_name(cell.problem.device), started=started, timestamp=_now())
-            writer.append(row)
+    done = len(writer.done_cell_ids)
+    try:
+        results.write_text_atomically(run_dir / CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(plain)))
+        saved = {"run_id": run_id, "job_id": job_id, "config_sha256": config_fingerprint(plain),
+                 "memory_limit_bytes": memory_limit, **env}  # fmt: skip
+        results.write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
+        todo = [c for c in cells if c.cell_id not in writer.done_cell_ids]
+        # the lock is taken before the worker starts: its start-up (importing torch) would disturb another job's timings
+        with timing_lock(plain["timing_lock"]) as exclusive, Worker(threads, plain["imports"], memory_limit) as worker:
+            ceilings = _gemm_ceilings(worker, todo)
+            progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
+            for cell in progress:
+                progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
+                row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env, "exclusive": exclusive}
+                started = _now()
+                row.update(_measure(cell, plain, worker))
+                row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row.update(device_name=device_name(cell.problem.device), started=started, timestamp=_now())
+                writer.append(row)
+                done += 1
+    except KeyboardInterrupt:
+        writer.close()
+        raise RunInterrupted(
+            f"interrupted after {done} of {len(cells)} cells; finish with: python -m bench resume={run_dir}"
+        ) from None
+    except BaseException:
+        writer.close()
+        raise
     rows = writer.close()
     print(summary_table(rows))
     print(f"results: {run_dir}  ({len(rows)} rows; load with bench.results.load({str(run_dir)!r}))")

@@ -1,4 +1,4 @@
-"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang.
+"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang, break CUDA.
 
 Imported by the runner and the worker through the config's `imports`; tests unregister them afterwards.
 """
@@ -29,9 +29,28 @@ def hog_memory() -> None:
     del held
 
 
+class CudaContext:
+    """Stands for the worker's CUDA context: after a fatal CUDA error, nothing runs in it again."""
+
+    broken = False
+
+
+def fatal_cuda_error() -> None:
+    CudaContext.broken = True
+    raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+
+
+def needs_working_cuda_context() -> None:
+    if CudaContext.broken:
+        raise RuntimeError("CUDA error: this worker's context was broken by an earlier cell")
+
+
 BEHAVIOURS = {
     "_bench_test_exit": lambda: os._exit(3),
     "_bench_test_sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    "_bench_test_sigterm": lambda: os.kill(os.getpid(), signal.SIGTERM),
+    "_bench_test_cuda_fatal": fatal_cuda_error,
+    "_bench_test_needs_cuda": needs_working_cuda_context,
     "_bench_test_hog": hog_memory,
     "_bench_test_hang": lambda: time.sleep(60),
 }

@@ -70,8 +70,10 @@ def test_cli_typo_prints_one_line_and_no_traceback(tmp_path):
         cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["bench: error: Could not override 'sweep.seq_lenz'. "
-                                                "Key 'seq_lenz' not in 'SweepConfig'"]  # fmt: skip
+    assert done.stderr.strip().splitlines() == ["bench: error: unknown config key 'sweep.seq_lenz' (did you mean "
+                                                "sweep.seq_lens?); sweep has: seq_lens, batch, heads, kv_heads, "
+                                                "head_dims, causal, padding, dtypes, devices, modes, max_cell_flops, "
+                                                "max_cells"]  # fmt: skip
     assert not (tmp_path / "run").exists()
 
 

@@ -3,13 +3,17 @@
 Also the measurement itself: peak memory of full vs flash attention, and skipping cells predicted too big.
 """
 
+import os
+import signal
 import sys
+import threading
 
 import pytest
 
 from attention_zoo import registry
 from bench.config import compose_config
 from bench.run import run
+from bench.worker import Worker
 
 FAULTY_MODULE = "bench_faulty_impls"  # tests/bench_faulty_impls.py; the worker imports it too
 SMOKE = ["timing=smoke", "sweep.heads=2", "sweep.head_dims=16", "progress=false", "report=false"]
@@ -27,17 +31,67 @@ def faulty_impls():
 
 def test_worker_deaths_become_rows_and_the_sweep_goes_on(faulty_impls, tmp_path):
     # each misbehaving cell is followed by a healthy one, which must run in the restarted worker
-    order = ["_bench_test_exit", "sdpa_flash", "_bench_test_sigkill", "full", "_bench_test_hog", "sdpa_math",
-             "_bench_test_hang", "blockwise"]  # fmt: skip
+    order = ["_bench_test_exit", "sdpa_flash", "_bench_test_sigkill", "full", "_bench_test_sigterm", "sdpa_math",
+             "_bench_test_hog", "blockwise", "_bench_test_hang", "full", "_bench_test_cuda_fatal",
+             "_bench_test_needs_cuda"]  # fmt: skip
     cfg = compose_config([*SMOKE, "sweep.seq_lens=[32]", f"impls.patterns=[{','.join(order)}]",
                           f"imports=[{FAULTY_MODULE}]", "memory_limit_bytes=1500000000",
                           "timing.cell_timeout_s=5"])  # fmt: skip
-    rows = run(cfg, tmp_path, run_id="faults").set_index("impl").loc[order]
-    assert list(rows["status"]) == ["error", "ok", "oom", "ok", "oom", "ok", "timeout", "ok"]
+    rows = run(cfg, tmp_path, run_id="faults").set_index("impl")
+    assert len(rows) == len(set(order))
+    assert dict(rows["status"]) == {
+        "_bench_test_exit": "error", "sdpa_flash": "ok", "_bench_test_sigkill": "error", "full": "ok",
+        "_bench_test_sigterm": "error", "sdpa_math": "ok", "_bench_test_hog": "oom", "blockwise": "ok",
+        "_bench_test_hang": "timeout", "_bench_test_cuda_fatal": "error", "_bench_test_needs_cuda": "ok",
+    }  # fmt: skip
     assert rows.loc["_bench_test_exit", "reason"] == "worker exited with code 3"
-    assert "SIGKILL from outside" in rows.loc["_bench_test_sigkill", "reason"]
+    # killed from outside, far below the memory limit: the signal is named, the OOM killer is not blamed
+    assert rows.loc["_bench_test_sigkill", "reason"] == "worker killed by SIGKILL from outside"
+    assert rows.loc["_bench_test_sigterm", "reason"] == "worker killed by SIGTERM from outside"
     assert "passed the limit" in rows.loc["_bench_test_hog", "reason"]
     assert "cell_timeout_s=5" in rows.loc["_bench_test_hang", "reason"]
+    # the worker replied, then exited: the next cell ran in a fresh process with a working context
+    assert rows.loc["_bench_test_cuda_fatal", "reason"] == "AcceleratorError: CUDA error: device-side assert triggered"
+
+
+def _kill(kills: list[int], process) -> None:
+    """SIGKILL the worker from outside."""
+    os.kill(process.pid, signal.SIGKILL)
+    kills.append(process.pid)
+
+
+def test_a_worker_killed_between_cells_is_restarted_and_the_sweep_completes(tmp_path, monkeypatch):
+    cfg = compose_config([*SMOKE, "sweep.seq_lens=[16,32]", "impls.patterns=[full,sdpa_math]"])
+    measure_call, kills = Worker.call, []
+
+    def call_then_kill(worker: Worker, task: str, *args, timeout_s: float):
+        reply = measure_call(worker, task, *args, timeout_s=timeout_s)
+        if task == "cell" and len(kills) < 2:  # after the first two cells, gone before the next one
+            _kill(kills, worker._process)
+            worker._process.join()
+        return reply
+
+    monkeypatch.setattr(Worker, "call", call_then_kill)
+    rows = run(cfg, tmp_path, run_id="between")
+    assert len(set(kills)) == 2
+    assert len(rows) == 4 and (rows["status"] == "ok").all(), rows["reason"]
+
+
+def test_a_worker_killed_during_a_cell_costs_that_cell_only(faulty_impls, tmp_path, monkeypatch):
+    cfg = compose_config([*SMOKE, "sweep.seq_lens=[16]", "impls.patterns=[_bench_test_hang,full]",
+                          f"imports=[{FAULTY_MODULE}]", "timing.cell_timeout_s=20"])  # fmt: skip
+    measure_call, kills = Worker.call, []
+
+    def call_killed_meanwhile(worker: Worker, task: str, *args, timeout_s: float):
+        if task == "cell" and args[0].impl == "_bench_test_hang":  # the worker is up: it has measured the GEMM
+            threading.Timer(1.0, _kill, (kills, worker._process)).start()
+        return measure_call(worker, task, *args, timeout_s=timeout_s)
+
+    monkeypatch.setattr(Worker, "call", call_killed_meanwhile)
+    rows = run(cfg, tmp_path, run_id="during").set_index("impl")
+    assert dict(rows["status"]) == {"_bench_test_hang": "error", "full": "ok"}
+    assert rows.loc["_bench_test_hang", "reason"] == "worker killed by SIGKILL from outside"
+    assert len(kills) == 1
 
 
 def test_peak_memory_full_holds_the_scores_flash_does_not(tmp_path):

@@ -127,13 +127,13 @@ def test_transformer_xl_padded_gqa_matches_its_oracle_with_gradients() -> None:
 @pytest.mark.parametrize(
     ("name", "field", "value", "allowed"),
     [
-        ("linformer", "proj_len", 0, "positive integer"),
-        ("linformer", "max_len", 16, "kv_len=64"),
+        ("linformer", "proj_len", 0, "integer >= 1"),
+        ("linformer", "max_len", 16, "kv_len (64)"),
         ("linformer", "share_kv", "yes", "true or false"),
-        ("performer", "num_features", -4, "positive integer"),
-        ("performer", "causal_chunk", 1.5, "positive integer"),
+        ("performer", "num_features", -4, "integer >= 1"),
+        ("performer", "causal_chunk", 1.5, "an integer"),
         ("performer", "redraw", 1, "true or false"),
-        ("transformer_xl", "segment_len", 0, "positive integer"),
+        ("transformer_xl", "segment_len", 0, "integer >= 1"),
         ("transformer_xl", "mem_len", -1, "integer >= 0"),
     ],
 )

@@ -131,10 +131,10 @@ def test_performer_causal_cross_attention_is_a_reason() -> None:
         (
             "peer_local_attention",
             {"window": 0},
-            "peer_local_attention window=0 is invalid: it must be a positive integer",
+            "peer_local_attention window=0 is invalid: it must be an integer >= 1",
         ),
         ("peer_local_attention", {"exact_windowsize": 1}, "peer_local_attention exact_windowsize=1 is invalid"),
-        ("peer_linformer", {"proj_len": -3}, "peer_linformer proj_len=-3 is invalid: it must be a positive integer"),
+        ("peer_linformer", {"proj_len": -3}, "peer_linformer proj_len=-3 is invalid: it must be an integer >= 1"),
         ("peer_performer", {"num_features": 2.5}, "peer_performer num_features=2.5 is invalid"),
         ("peer_performer", {"seed": "a"}, "peer_performer seed='a' is invalid: it must be an integer"),
     ],

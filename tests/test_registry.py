@@ -41,7 +41,7 @@ def test_unknown_hyperparameter_names_the_allowed_ones() -> None:
 
 
 def test_bad_hyperparameter_value_is_one_line() -> None:
-    with pytest.raises(z.HyperparameterError, match=r"q_tile=0 is invalid: it must be a positive integer"):
+    with pytest.raises(z.HyperparameterError, match=r"blockwise q_tile=0 is invalid: it must be an integer >= 1"):
         z.get("blockwise").build(z.Problem(q_len=8), q_tile=0)
 
 

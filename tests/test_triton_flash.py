@@ -139,7 +139,7 @@ def test_bad_hyperparameter_is_one_line_error(monkeypatch: pytest.MonkeyPatch, f
     import attention_zoo as z
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(z.HyperparameterError, match=f"^{field}={value} is invalid: [^\n]*$"):
+    with pytest.raises(z.HyperparameterError, match=f"^triton_flash {field}={value} is invalid: [^\n]*$"):
         z.get("triton_flash").build(z.Problem(q_len=8), **{field: value})
 
 
