@@ -7,16 +7,21 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
 - w_i are orthogonal random features: d x d blocks from the QR of Gaussian matrices (signs fixed so
   each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
   performer-pytorch. One feature matrix is shared by every head.
-- Stabiliser, as in performer-pytorch: before exp, each query row subtracts its own max projection,
-  the keys subtract one max per (sequence, head) over valid keys. Both constants cancel in the
-  normalisation (one per output row, one per whole head), so they are excluded from the gradient.
-  The constant 1/sqrt(m) cancels likewise and is dropped from the fast path.
+- Stabiliser: before exp, each query row subtracts the max over features of its whole exponent
+  w_i^T x - |x|^2 / 2 (so |x|^2 / 2, a row constant, drops out and the row's largest feature is 1);
+  the keys subtract one max of the whole exponent per (sequence, head), over valid keys and features.
+  Both constants cancel in the normalisation (one per output row, one per whole head), so they are
+  excluded from the gradient. Every feature is then at most 1 and the largest of each query row and
+  of each head's keys is exactly 1: large-norm inputs neither overflow nor underflow to 0/0. The
+  constant 1/sqrt(m) cancels likewise and is dropped from the fast path.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
   (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
 - Padded keys get zero features, so they add nothing to either sum.
 - Half-precision inputs are computed in float32: the features span many orders of magnitude.
+- dense_reference works in log space (log A = logsumexp over features of log phi(q) + log phi(k)),
+  so the float64 definition stays finite where exp of either exponent alone would not.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class PerformerAttention(Attention):
         super().__init__(problem)
         _check_hparams(num_features, redraw, seed, causal_chunk)
         self.num_features, self.redraw, self.causal_chunk = num_features, redraw, causal_chunk
-        self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
+        self.compute_dtype = problem.compute_dtype
         self.generator = torch.Generator().manual_seed(seed)
         # the features of the latest call (drawn here; redrawn per call when redraw is on)
         self.register_buffer("features", self._draw())
@@ -76,17 +81,16 @@ class PerformerAttention(Attention):
         """Stabilised phi(q) (B, Hq, Nq, m) and phi(k) (B, Hkv, Nk, m), both up to constants that cancel."""
         quarter = q.shape[-1] ** -0.25
         w = self.features.T * quarter  # folds x = q * d^-1/4 into the projection, (d, m)
-        q_proj, k_proj = q @ w, k @ w
-        q_half_norm = q.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
-        k_half_norm = k.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
-        q_max = q_proj.detach().amax(-1, keepdim=True)
-        k_scores = k_proj.detach()
+        # in place: these are the N x m tensors, the largest the method makes
+        q_exponent = q @ w  # the row constant -|x|^2/2 would cancel against the row's max: left out
+        k_exponent = (k @ w).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
+        q_max = q_exponent.detach().amax(-1, keepdim=True)
+        k_scores = k_exponent.detach()
         if self.key_valid is not None:
             k_scores = k_scores.masked_fill(~self.key_valid, float("-inf"))
         k_max = k_scores.amax((-2, -1), keepdim=True)
-        # in place: these are the N x m tensors, the largest the method makes
-        phi_q = q_proj.sub_(q_half_norm.add_(q_max)).exp_()
-        phi_k = k_proj.sub_(k_half_norm.add_(k_max)).exp_()
+        phi_q = q_exponent.sub_(q_max).exp_()
+        phi_k = k_exponent.sub_(k_max).exp_()
         if self.key_valid is not None:
             phi_k = phi_k * self.key_valid
         return phi_q, phi_k
@@ -128,18 +132,22 @@ class PerformerAttention(Attention):
         return out.flatten(2, 3)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features."""
+        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.
+
+        Computed from log A, as softmax(log A) = A / A 1: exact where A's entries under- or overflow.
+        """
         q, k, v = q.double(), k.double(), v.double()
         x_scale = q.shape[-1] ** -0.25
         w = self.features.double()
 
-        def phi(x: torch.Tensor) -> torch.Tensor:
+        def log_phi(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, m); the -log sqrt(m) would cancel
             x = x * x_scale
-            return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(self.num_features)
+            return x @ w.T - x.square().sum(-1, keepdim=True) / 2
 
-        kernel = phi(q) @ expand_kv_heads(phi(k), q.shape[1]).transpose(-1, -2)  # (B, Hq, Nq, Nk)
-        kernel = kernel * self.problem.allowed_mask()
-        return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+        log_phi_k = expand_kv_heads(log_phi(k), q.shape[1])
+        log_kernel = torch.logsumexp(log_phi(q)[..., :, None, :] + log_phi_k[..., None, :, :], dim=-1)
+        log_kernel = log_kernel.masked_fill(~self.problem.allowed_mask(), float("-inf"))  # (B, Hq, Nq, Nk)
+        return torch.softmax(log_kernel, dim=-1) @ expand_kv_heads(v, q.shape[1])
 
 
 def _flops(problem: Problem, hparams: dict) -> float:
