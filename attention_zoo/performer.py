@@ -7,18 +7,21 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
 - w_i are orthogonal random features: d x d blocks from the QR of Gaussian matrices (signs fixed so
   each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
   performer-pytorch. One feature matrix is shared by every head.
-- Stabiliser: before exp, each query row subtracts the max over features of its whole exponent
-  w_i^T x - |x|^2 / 2 (so |x|^2 / 2, a row constant, drops out and the row's largest feature is 1);
-  the keys subtract one max of the whole exponent per (sequence, head), over valid keys and features.
-  Both constants cancel in the normalisation (one per output row, one per whole head), so they are
-  excluded from the gradient. Every feature is then at most 1 and the largest of each query row and
-  of each head's keys is exactly 1: large-norm inputs neither overflow nor underflow to 0/0. The
-  constant 1/sqrt(m) cancels likewise and is dropped from the fast path.
+- Stabiliser: with exponents a_i = w_i^T x_q - |x_q|^2/2 and b_i = w_i^T x_k - |x_k|^2/2, the keys
+  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature; the queries add
+  c_i (so each product exp(a_i + b_i) is unchanged) and subtract the max over features of the result,
+  one per query row (|x_q|^2/2, a row constant, drops out with it). The row constant cancels in the
+  normalisation and the c_i cancel in the product, so all are excluded from the gradient. Every
+  feature is then at most 1, each key feature column reaches 1, and each row's largest query feature
+  is 1 where its key column sums to at least 1, so the denominator is >= 1 (non-causal): large-norm
+  inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
+  features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
+  likewise and is dropped from the fast path.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
   (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
-- Padded keys get zero features, so they add nothing to either sum.
+- Padded keys get zero features (exponent -inf), so they add nothing to either sum.
 - Half-precision inputs are computed in float32: the features span many orders of magnitude.
 - dense_reference works in log space (log A = logsumexp over features of log phi(q) + log phi(k)),
   so the float64 definition stays finite where exp of either exponent alone would not.
@@ -78,21 +81,21 @@ class PerformerAttention(Attention):
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
     def _feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stabilised phi(q) (B, Hq, Nq, m) and phi(k) (B, Hkv, Nk, m), both up to constants that cancel."""
+        """Stabilised phi(q) (B, Hkv, G*Nq, m), query heads of a group folded into the query axis, and
+        phi(k) (B, Hkv, Nk, m): exp(q_i + k_i) factored so that every feature is at most 1 (module docstring).
+        """
+        batch, kv_heads = k.shape[:2]
         quarter = q.shape[-1] ** -0.25
         w = self.features.T * quarter  # folds x = q * d^-1/4 into the projection, (d, m)
         # in place: these are the N x m tensors, the largest the method makes
-        q_exponent = q @ w  # the row constant -|x|^2/2 would cancel against the row's max: left out
         k_exponent = (k @ w).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
-        q_max = q_exponent.detach().amax(-1, keepdim=True)
-        k_scores = k_exponent.detach()
-        if self.key_valid is not None:
-            k_scores = k_scores.masked_fill(~self.key_valid, float("-inf"))
-        k_max = k_scores.amax((-2, -1), keepdim=True)
-        phi_q = q_exponent.sub_(q_max).exp_()
+        if self.key_valid is not None:  # exp(-inf) = 0: padded keys add nothing, however large
+            k_exponent = k_exponent.masked_fill_(~self.key_valid, float("-inf"))
+        k_max = k_exponent.detach().amax(-2, keepdim=True)  # (B, Hkv, 1, m), over valid keys
         phi_k = k_exponent.sub_(k_max).exp_()
-        if self.key_valid is not None:
-            phi_k = phi_k * self.key_valid
+        # the query row's constant -|x|^2/2 cancels against its max, so it is left out
+        q_exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[1]).add_(k_max)
+        phi_q = q_exponent.sub_(q_exponent.detach().amax(-1, keepdim=True)).exp_()
         return phi_q, phi_k
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -102,9 +105,8 @@ class PerformerAttention(Attention):
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         batch, kv_heads, kv_len, head_dim = k.shape
         group, q_len = q.shape[1] // kv_heads, q.shape[2]
-        phi_q, phi_k = self._feature_maps(q, k)
         # the query heads of a group are folded into the query axis: GQA without copying K or V
-        phi_q = phi_q.reshape(batch, kv_heads, group * q_len, -1)
+        phi_q, phi_k = self._feature_maps(q, k)
         v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
         if self.problem.causal:
             out = self._causal(phi_q.view(batch, kv_heads, group, q_len, -1), phi_k, v_ones)

@@ -28,6 +28,14 @@ HALF_DTYPES = ("float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
 
 
+def compute_dtype(dtype: str) -> torch.dtype:
+    """The dtype scores, softmax statistics and accumulators are kept in: float32 for half-precision inputs.
+
+    As SDPA and FlashAttention do: a logit of a few hundred rounded to bfloat16 is off by a whole unit.
+    """
+    return torch.float32 if dtype in HALF_DTYPES else DTYPES[dtype]
+
+
 class ProblemError(ValueError):
     """A problem value that cannot describe an attention task; the message is one line."""
 
@@ -93,11 +101,8 @@ class Problem:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype scores, softmax statistics and accumulators are kept in: float32 for half-precision inputs.
-
-        As SDPA and FlashAttention do: a logit of a few hundred rounded to bfloat16 is off by a whole unit.
-        """
-        return torch.float32 if self.dtype in HALF_DTYPES else self.torch_dtype
+        """The dtype scores, softmax statistics and accumulators are kept in (see compute_dtype)."""
+        return compute_dtype(self.dtype)
 
     @property
     def device_type(self) -> str:
