@@ -9,7 +9,8 @@ entirely are skipped, so causal attention does about half the work.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import torch
 
@@ -39,6 +40,15 @@ class _Tiling:
         q_end = min(q_start + self.q_tile, self.q_len)
         k_stop = self.max_valid if not self.causal else min(self.max_valid, q_end + self.offset)
         return range(0, k_stop, self.k_tile)
+
+    def computed_pairs(self) -> int:
+        """(query, key) score pairs in the tiles one sequence visits, masked pairs included (every sequence
+        visits the same tiles)."""
+        return sum(
+            (min(q_start + self.q_tile, self.q_len) - q_start) * (min(k_start + self.k_tile, self.kv_len) - k_start)
+            for q_start in self.q_starts()
+            for k_start in self.k_starts(q_start)
+        )
 
     def score_bias(self, q_start: int, k_start: int, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive mask (B or 1, 1, 1, q rows, k cols) for one tile; None when every pair is allowed."""
@@ -130,10 +140,17 @@ class BlockwiseAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, kv_heads, _kv_len, head_dim = k.shape
         group = q.shape[1] // kv_heads
+        compute = self.problem.compute_dtype  # float32 tiles, running max, sum and accumulator for half inputs
         # GQA by broadcasting: the G query heads of a group share one K/V head, no copy of K or V
-        q5 = (q * self.scale).view(batch, kv_heads, group, q.shape[2], head_dim)
-        k5, v5 = k.unsqueeze(2), v.unsqueeze(2)
-        return _FlashFunction.apply(q5, k5, v5, self.tiling).view_as(q)
+        q5 = (q.to(compute) * self.scale).view(batch, kv_heads, group, q.shape[2], head_dim)
+        k5, v5 = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
+        return _FlashFunction.apply(q5, k5, v5, self.tiling).view(q.shape).to(q.dtype)
+
+
+def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Forward FLOPs of the visited tiles: the masked pairs of tiles crossing the diagonal or padding included."""
+    tiling = _Tiling(problem, hparams["q_tile"], hparams["k_tile"], torch.device("cpu"))  # counts only
+    return 4.0 * problem.batch * problem.q_heads * problem.head_dim * tiling.computed_pairs()
 
 
 @register(
@@ -141,6 +158,7 @@ class BlockwiseAttention(Attention):
     exact=True,
     time="N^2",
     memory="N",
+    flops_executed=_executed_flops,
     check_hparams={"q_tile": 16, "k_tile": 24},
 )
 def blockwise(

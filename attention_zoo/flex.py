@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -24,7 +22,7 @@ from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
-from attention_zoo.sparse import BandLayout, GlobalTokens, Window, window_allowed, window_predicate
+from attention_zoo.sparse import GlobalTokens, Window, band_flops, window_allowed, window_predicate
 
 # Eager create_block_mask materialises the dense (B, 1, Nq, Nk) mask and its int64 intermediates;
 # above this many (query, key) pairs the mask is built by a compiled create_block_mask instead.
@@ -40,8 +38,6 @@ def _compiled(function):
 
 
 def _availability(problem: Problem) -> str | None:
-    if problem.device_type == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available in this process"
     if problem.device_type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
         return "torch.compile of flex_attention on CPU needs a C++ compiler (g++), none is on PATH"
     return None
@@ -79,12 +75,6 @@ class FlexWindowAttention(Attention):
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
-
-
-def band_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
-    """Forward FLOPs on the pairs inside the pattern (flex also computes the masked pairs of partial blocks)."""
-    layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
-    return 4.0 * problem.q_heads * problem.head_dim * layout.attended_pairs()
 
 
 FLEX = {

@@ -22,7 +22,7 @@ class FullAttention(Attention):
         self.score_mask = (
             None
             if allowed is None
-            else torch.zeros(allowed.shape, dtype=problem.torch_dtype, device=problem.device).masked_fill(
+            else torch.zeros(allowed.shape, dtype=problem.compute_dtype, device=problem.device).masked_fill(
                 ~allowed, float("-inf")
             )
         )
@@ -30,14 +30,17 @@ class FullAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, kv_heads, kv_len, head_dim = k.shape
         group = q.shape[1] // kv_heads
+        compute = self.problem.compute_dtype  # float32 scores and sums for half-precision inputs
+        # scaled before the product: q k^T of large inputs overflows float16 where the logit itself fits
+        q_scaled = q.to(compute) * self.scale
         # fold the query heads of one group into the query axis so GQA needs no copy of K and V
-        q_grouped = q.reshape(batch, kv_heads, group * q.shape[2], head_dim)
-        scores = (q_grouped @ k.transpose(-1, -2)) * self.scale  # (B, Hkv, G*Nq, Nk)
+        q_grouped = q_scaled.reshape(batch, kv_heads, group * q.shape[2], head_dim)
+        scores = q_grouped @ k.to(compute).transpose(-1, -2)  # (B, Hkv, G*Nq, Nk)
         scores = scores.view(batch, kv_heads, group, q.shape[2], kv_len)
         if self.score_mask is not None:
             scores = scores + self.score_mask[:, :, None]  # (B, 1, 1, Nq, Nk)
         probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, group * q.shape[2], kv_len)
-        return (probs @ v).view_as(q)
+        return (probs @ v.to(compute)).view(q.shape).to(q.dtype)
 
 
 @register(family="full", exact=True, time="N^2", memory="N^2")

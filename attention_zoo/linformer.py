@@ -49,12 +49,12 @@ class LinformerAttention(Attention):
 
         def draw() -> torch.Tensor:  # (heads, k, max_len), shared across heads when heads == 1
             e = torch.randn(heads, proj_len, max_len, generator=generator, dtype=torch.float64) * std
-            return e.to(device=problem.device, dtype=problem.torch_dtype)
+            return e.to(device=problem.device, dtype=problem.compute_dtype)
 
         self.register_buffer("key_projection", draw())
         self.register_buffer("value_projection", self.key_projection if share_kv else draw())
         mask = problem.key_padding_mask()  # (B, Nk) or None
-        self.register_buffer("key_keep", None if mask is None else mask[:, None, :, None].to(problem.torch_dtype))
+        self.register_buffer("key_keep", None if mask is None else mask[:, None, :, None].to(problem.compute_dtype))
 
     def _project(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Hkv, Nk, D) -> (B, Hkv, k, D): E[:, :Nk] K and F[:, :Nk] V, padded positions zeroed first."""
@@ -66,9 +66,11 @@ class LinformerAttention(Attention):
         return e @ k, f @ v
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k_proj, v_proj = self._project(k, v)
+        compute = self.problem.compute_dtype  # float32 projections and scores for half-precision inputs
+        k_proj, v_proj = self._project(k.to(compute), v.to(compute))
         # every projected row is visible to every query: plain attention over k rows, GQA by SDPA
-        return F.scaled_dot_product_attention(q, k_proj, v_proj, enable_gqa=q.shape[1] != k.shape[1])
+        out = F.scaled_dot_product_attention(q.to(compute), k_proj, v_proj, enable_gqa=q.shape[1] != k.shape[1])
+        return out.to(q.dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_proj, v_proj = self._project(k.double(), v.double())

@@ -7,16 +7,24 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
 - w_i are orthogonal random features: d x d blocks from the QR of Gaussian matrices (signs fixed so
   each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
   performer-pytorch. One feature matrix is shared by every head.
-- Stabiliser, as in performer-pytorch: before exp, each query row subtracts its own max projection,
-  the keys subtract one max per (sequence, head) over valid keys. Both constants cancel in the
-  normalisation (one per output row, one per whole head), so they are excluded from the gradient.
-  The constant 1/sqrt(m) cancels likewise and is dropped from the fast path.
+- Stabiliser: with exponents a_i = w_i^T x_q - |x_q|^2/2 and b_i = w_i^T x_k - |x_k|^2/2, the keys
+  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature; the queries add
+  c_i (so each product exp(a_i + b_i) is unchanged) and subtract the max over features of the result,
+  one per query row (|x_q|^2/2, a row constant, drops out with it). The row constant cancels in the
+  normalisation and the c_i cancel in the product, so all are excluded from the gradient. Every
+  feature is then at most 1, each key feature column reaches 1, and each row's largest query feature
+  is 1 where its key column sums to at least 1, so the denominator is >= 1 (non-causal): large-norm
+  inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
+  features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
+  likewise and is dropped from the fast path.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
   (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
-- Padded keys get zero features, so they add nothing to either sum.
+- Padded keys get zero features (exponent -inf), so they add nothing to either sum.
 - Half-precision inputs are computed in float32: the features span many orders of magnitude.
+- dense_reference works in log space (log A = logsumexp over features of log phi(q) + log phi(k)),
+  so the float64 definition stays finite where exp of either exponent alone would not.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ class PerformerAttention(Attention):
     def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int) -> None:
         super().__init__(problem)
         self.num_features, self.redraw, self.causal_chunk = num_features, redraw, causal_chunk
-        self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
+        self.compute_dtype = problem.compute_dtype
         self.generator = torch.Generator().manual_seed(seed)
         # the features of the latest call (drawn here; redrawn per call when redraw is on)
         self.register_buffer("features", self._draw())
@@ -67,22 +75,21 @@ class PerformerAttention(Attention):
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
     def _feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stabilised phi(q) (B, Hq, Nq, m) and phi(k) (B, Hkv, Nk, m), both up to constants that cancel."""
+        """Stabilised phi(q) (B, Hkv, G*Nq, m), query heads of a group folded into the query axis, and
+        phi(k) (B, Hkv, Nk, m): exp(q_i + k_i) factored so that every feature is at most 1 (module docstring).
+        """
+        batch, kv_heads = k.shape[:2]
         quarter = q.shape[-1] ** -0.25
         w = self.features.T * quarter  # folds x = q * d^-1/4 into the projection, (d, m)
-        q_proj, k_proj = q @ w, k @ w
-        q_half_norm = q.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
-        k_half_norm = k.square().sum(-1, keepdim=True) * (quarter * quarter / 2)
-        q_max = q_proj.detach().amax(-1, keepdim=True)
-        k_scores = k_proj.detach()
-        if self.key_valid is not None:
-            k_scores = k_scores.masked_fill(~self.key_valid, float("-inf"))
-        k_max = k_scores.amax((-2, -1), keepdim=True)
         # in place: these are the N x m tensors, the largest the method makes
-        phi_q = q_proj.sub_(q_half_norm.add_(q_max)).exp_()
-        phi_k = k_proj.sub_(k_half_norm.add_(k_max)).exp_()
-        if self.key_valid is not None:
-            phi_k = phi_k * self.key_valid
+        k_exponent = (k @ w).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
+        if self.key_valid is not None:  # exp(-inf) = 0: padded keys add nothing, however large
+            k_exponent = k_exponent.masked_fill_(~self.key_valid, float("-inf"))
+        k_max = k_exponent.detach().amax(-2, keepdim=True)  # (B, Hkv, 1, m), over valid keys
+        phi_k = k_exponent.sub_(k_max).exp_()
+        # the query row's constant -|x|^2/2 cancels against its max, so it is left out
+        q_exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[1]).add_(k_max)
+        phi_q = q_exponent.sub_(q_exponent.detach().amax(-1, keepdim=True)).exp_()
         return phi_q, phi_k
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -92,9 +99,8 @@ class PerformerAttention(Attention):
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         batch, kv_heads, kv_len, head_dim = k.shape
         group, q_len = q.shape[1] // kv_heads, q.shape[2]
-        phi_q, phi_k = self._feature_maps(q, k)
         # the query heads of a group are folded into the query axis: GQA without copying K or V
-        phi_q = phi_q.reshape(batch, kv_heads, group * q_len, -1)
+        phi_q, phi_k = self._feature_maps(q, k)
         v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
         if self.problem.causal:
             out = self._causal(phi_q.view(batch, kv_heads, group, q_len, -1), phi_k, v_ones)
@@ -122,18 +128,22 @@ class PerformerAttention(Attention):
         return out.flatten(2, 3)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features."""
+        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.
+
+        Computed from log A, as softmax(log A) = A / A 1: exact where A's entries under- or overflow.
+        """
         q, k, v = q.double(), k.double(), v.double()
         x_scale = q.shape[-1] ** -0.25
         w = self.features.double()
 
-        def phi(x: torch.Tensor) -> torch.Tensor:
+        def log_phi(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, m); the -log sqrt(m) would cancel
             x = x * x_scale
-            return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(self.num_features)
+            return x @ w.T - x.square().sum(-1, keepdim=True) / 2
 
-        kernel = phi(q) @ expand_kv_heads(phi(k), q.shape[1]).transpose(-1, -2)  # (B, Hq, Nq, Nk)
-        kernel = kernel * self.problem.allowed_mask()
-        return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+        log_phi_k = expand_kv_heads(log_phi(k), q.shape[1])
+        log_kernel = torch.logsumexp(log_phi(q)[..., :, None, :] + log_phi_k[..., None, :, :], dim=-1)
+        log_kernel = log_kernel.masked_fill(~self.problem.allowed_mask(), float("-inf"))  # (B, Hq, Nq, Nk)
+        return torch.softmax(log_kernel, dim=-1) @ expand_kv_heads(v, q.shape[1])
 
 
 def _flops(problem: Problem, hparams: dict) -> float:

@@ -8,6 +8,8 @@ Conventions used everywhere in attention_zoo:
   guarantees every query sees at least key 0.
 - Padding is on keys: kv_valid_lens[b] keys of sequence b are real, the rest are ignored.
   Every query row is still computed.
+- Half-precision inputs (float16, bfloat16) are computed with float32 scores, softmax statistics and
+  accumulation (compute_dtype); outputs and gradients come back in the input dtype.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+HALF_DTYPES = ("float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
+
+
+def compute_dtype(dtype: str) -> torch.dtype:
+    """The dtype scores, softmax statistics and accumulators are kept in: float32 for half-precision inputs.
+
+    As SDPA and FlashAttention do: a logit of a few hundred rounded to bfloat16 is off by a whole unit.
+    """
+    return torch.float32 if dtype in HALF_DTYPES else DTYPES[dtype]
 
 
 class ProblemError(ValueError):
@@ -87,6 +98,11 @@ class Problem:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype scores, softmax statistics and accumulators are kept in (see compute_dtype)."""
+        return compute_dtype(self.dtype)
 
     @property
     def device_type(self) -> str:

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from attention_zoo.problem import compute_dtype
+
 # Normalised max error allowed against the float64 oracle: max|out - ref| / max(1, max|ref|).
 TOLERANCES = {
     "float64": 1e-10,
@@ -13,6 +15,15 @@ TOLERANCES = {
     "float16": 1e-2,
     "bfloat16": 3e-2,
 }
+
+
+def tolerance(dtype: str, max_logit: float = 0.0) -> float:
+    """The error allowed for a dtype, widened where logits are large: max(TOLERANCES[dtype], 2 eps |logit|).
+
+    A logit is rounded to the compute dtype's eps relative to its size (float32 for half inputs), and
+    softmax turns that absolute error in the exponent into the same relative error in the weights.
+    """
+    return max(TOLERANCES[dtype], 2.0 * torch.finfo(compute_dtype(dtype)).eps * max_logit)
 
 
 def expand_kv_heads(x: torch.Tensor, q_heads: int) -> torch.Tensor:
@@ -42,6 +53,13 @@ def dense_attention(
         scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return probs @ v
+
+
+def max_logit(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> float:
+    """max |q . k| * scale over every (query, key) pair, scale 1/sqrt(d) by default; GQA heads expanded."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k = expand_kv_heads(k.detach().double(), q.shape[1])
+    return ((q.detach().double() @ k.transpose(-1, -2)).abs().max() * scale).item()
 
 
 def normalised_max_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -29,6 +29,8 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any
 
+import torch
+
 from attention_zoo.interface import Attention
 from attention_zoo.problem import DTYPES, Problem
 from attention_zoo.rules import Declared, RuleError, declarations
@@ -82,6 +84,19 @@ def _always_available(problem: Problem) -> str | None:
     return None
 
 
+def device_unavailable(device: str) -> str | None:
+    """Why this process cannot use the device, or None: the one device rule, applied to every entry."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "CUDA is not available in this process"
+    count = torch.cuda.device_count()
+    if index.isdigit() and int(index) >= count:
+        return f"this process sees {count} CUDA device(s), so {device} does not exist"
+    return None
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered implementation and the data describing it."""
@@ -97,6 +112,7 @@ class Entry:
     modes: frozenset[str]
     features: frozenset[str]
     flops_fn: FlopsFn = _dense_flops
+    executed_flops_fn: FlopsFn | None = None  # None: the entry executes only the work flops_fn counts
     availability: AvailabilityFn = _always_available
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
@@ -134,6 +150,9 @@ class Entry:
             raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
         if problem.device_type not in self.devices:
             return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
+        unavailable = device_unavailable(problem.device)
+        if unavailable:
+            return f"{self.name} cannot run on {problem.device}: {unavailable}"
         if problem.dtype not in self.dtypes:
             return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
         if mode not in self.modes:
@@ -153,8 +172,15 @@ class Entry:
         return self.builder(problem, **self.resolve_hparams(overrides, problem))
 
     def flops(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
-        """FLOPs of one pass: forward as declared; backward 2.5x forward, forward+backward 3.5x."""
-        forward = self.flops_fn(problem, self.resolve_hparams(overrides))
+        """Useful FLOPs of one pass: forward as declared; backward 2.5x forward, forward+backward 3.5x."""
+        return self._per_mode(self.flops_fn, problem, mode, overrides)
+
+    def flops_executed(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
+        """FLOPs the entry executes in one pass, masked or padded work included (>= flops)."""
+        return self._per_mode(self.executed_flops_fn or self.flops_fn, problem, mode, overrides)
+
+    def _per_mode(self, forward_fn: FlopsFn, problem: Problem, mode: str, overrides: Mapping[str, Any]) -> float:
+        forward = forward_fn(problem, self.resolve_hparams(overrides))
         return forward * {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}[mode]
 
 
@@ -172,12 +198,18 @@ def register(
     dtypes: Iterable[str] = (*ALL_DTYPES, "float64"),
     modes: Iterable[str] = MODES,
     features: Iterable[str] = FEATURES,
-    flops: FlopsFn = _dense_flops,
+    flops: FlopsFn | None = None,
+    flops_executed: FlopsFn | None = None,
     availability: AvailabilityFn = _always_available,
     check_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
-    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name."""
+    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
+
+    flops(problem, hparams) is the forward pass's useful FLOPs; exact entries default to the dense count
+    of the attended pairs, approximate ones must declare their own. flops_executed, where the entry also
+    executes masked or padded work (whole tiles, buckets, slabs), counts everything it executes.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
     for kind, values, allowed in (("feature", features, FEATURES), ("mode", modes, MODES)):
@@ -189,6 +221,11 @@ def register(
         entry_name = name or builder.__name__
         if entry_name in _REGISTRY:
             raise ValueError(f"an implementation named {entry_name!r} is already registered")
+        if flops is None and not exact:
+            raise ValueError(
+                f"{entry_name} is approximate (exact=False), so it must declare flops=: "
+                "the dense count of exact attention is not its work"
+            )
         entry = Entry(
             name=entry_name,
             builder=builder,
@@ -200,7 +237,8 @@ def register(
             dtypes=frozenset(dtypes),
             modes=frozenset(modes),
             features=frozenset(features),
-            flops_fn=flops,
+            flops_fn=flops or _dense_flops,
+            executed_flops_fn=flops_executed,
             availability=availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],

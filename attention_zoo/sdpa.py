@@ -59,8 +59,6 @@ def _backend_availability(backend: SDPBackend):
     def availability(problem: Problem) -> str | None:
         if backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION) and problem.device_type != "cuda":
             return f"SDPA's {backend.name} backend has CUDA kernels only, none for {problem.device_type}"
-        if problem.device_type == "cuda" and not torch.cuda.is_available():
-            return "CUDA is not available in this process"
         q_len = min(problem.q_len, 4)
         if problem.kv_len == problem.q_len:
             kv_len = q_len

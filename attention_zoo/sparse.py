@@ -20,6 +20,7 @@ computed as full rows and written over their banded rows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
@@ -92,13 +93,16 @@ class BandLayout:
         # global query rows are the queries whose position lies in 0..g-1
         self.global_rows = range(max(0, -offset), max(0, min(problem.q_len, self.global_tokens - offset)))
 
-    def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def masks(self, device: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """bool masks, True = attend: slab (B', nb, b, slab), global keys (B', nb, b, g), global rows (B', 1, r, Nk).
 
         B' is 1 without padding (every sequence shares the masks). Slab keys below g are masked out:
-        the global-key columns carry them.
+        the global-key columns carry them. Built on the problem's device unless another is given.
         """
-        problem, device = self.problem, self.problem.device
+        problem = self.problem
+        if device is not None:
+            problem = dataclasses.replace(problem, device=device)
+        device = problem.device
         allowed = window_predicate(problem, self.window, self.global_tokens)
         batches = problem.batch if problem.kv_valid_lens is not None else 1
         batch_idx = torch.arange(batches, device=device)[:, None, None, None]
@@ -118,7 +122,7 @@ class BandLayout:
 
     def attended_pairs(self) -> int:
         """(query, key) pairs inside the window convention per head, summed over the batch."""
-        slab, global_keys, global_rows = self.masks()
+        slab, global_keys, global_rows = self.masks(device="cpu")  # a count: no device needed
         banded = slab.sum(-1) + global_keys.sum(-1)  # (B', nb, b)
         banded = banded.flatten(1)[:, : self.problem.q_len]
         banded[:, self.global_rows.start : self.global_rows.stop] = global_rows.sum(-1).flatten(1)
@@ -145,14 +149,16 @@ class SlidingWindowAttention(Attention):
         global_keys |= ~live[..., None]
         dead_queries = ~live.flatten(1)[:, : problem.q_len]
         dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
-        self.row_keep = live[:, None, :, None, :, None].to(problem.torch_dtype) if dead_queries.any() else None
-        dtype = problem.torch_dtype
+        dtype = problem.compute_dtype  # float32 scores and sums for half-precision inputs
+        self.row_keep = live[:, None, :, None, :, None].to(dtype) if dead_queries.any() else None
         self.slab_bias = _additive(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
         self.global_key_bias = _additive(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
         self.global_row_bias = _additive(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         layout = self.layout
+        out_dtype = q.dtype
+        q, k, v = (x.to(self.problem.compute_dtype) for x in (q, k, v))
         batch, kv_heads, kv_len, head_dim = k.shape
         q_len, group, block, blocks = q.shape[2], q.shape[1] // kv_heads, layout.block, layout.blocks
         g = layout.global_tokens
@@ -182,16 +188,17 @@ class SlidingWindowAttention(Attention):
             out = out * self.row_keep
         out = out.transpose(2, 3).reshape(batch, kv_heads * group, blocks * block, head_dim)[:, :, :q_len]
         rows = layout.global_rows
-        if not rows:
-            return out
-        return torch.cat([out[:, :, : rows.start], self._global_rows(q, k, v), out[:, :, rows.stop :]], dim=2)
+        if rows:
+            out = torch.cat([out[:, :, : rows.start], self._global_rows(q, k, v), out[:, :, rows.stop :]], dim=2)
+        return out.to(out_dtype)
 
     def _global_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The global queries' full rows against every key: (B, Hq, r, D), O(g*N)."""
         batch, kv_heads, kv_len, head_dim = k.shape
         rows = self.layout.global_rows
         group = q.shape[1] // kv_heads
-        q_rows = (q[:, :, rows.start : rows.stop] * self.scale).view(batch, kv_heads, group * len(rows), head_dim)
+        # reshape, not view: q may be strided (transposed from (B, N, H, D))
+        q_rows = (q[:, :, rows.start : rows.stop] * self.scale).reshape(batch, kv_heads, group * len(rows), head_dim)
         scores = (q_rows @ k.transpose(-1, -2)).view(batch, kv_heads, group, len(rows), kv_len)
         scores += self.global_row_bias
         probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, group * len(rows), kv_len)
@@ -201,26 +208,28 @@ class SlidingWindowAttention(Attention):
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
 
 
+def band_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Useful forward FLOPs: the (query, key) pairs inside the window pattern."""
+    layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
+    return 4.0 * problem.q_heads * problem.head_dim * layout.attended_pairs()
+
+
 def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
-    """Forward FLOPs of the banded computation: every computed score pair, slab waste included."""
+    """Executed forward FLOPs of the banded computation: every computed score pair, slab waste included."""
     layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
     return 4.0 * problem.q_heads * problem.head_dim * layout.computed_pairs()
 
 
-@register(family="sparse", exact=False, time="N*w", memory="N*w", flops=computed_flops, check_hparams={"window": 5})
+BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops}
+
+
+@register(time="N*w", memory="N*w", check_hparams={"window": 5}, **BANDED)
 def sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
     return SlidingWindowAttention(problem, window, 0)
 
 
-@register(
-    family="sparse",
-    exact=False,
-    time="N*(w+g)",
-    memory="N*(w+g)",
-    flops=computed_flops,
-    check_hparams={"window": 5, "global_tokens": 3},
-)
+@register(time="N*(w+g)", memory="N*(w+g)", check_hparams={"window": 5, "global_tokens": 3}, **BANDED)
 def window_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
     return SlidingWindowAttention(problem, window, global_tokens)

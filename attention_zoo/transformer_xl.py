@@ -72,7 +72,7 @@ class TransformerXLAttention(Attention):
         super().__init__(problem)
         self.segment_len, self.mem_len, self.relative = segment_len, mem_len, relative
         self.scale = 1.0 / math.sqrt(problem.head_dim)
-        device, dtype = problem.device, problem.torch_dtype
+        device, dtype = problem.device, problem.compute_dtype  # float32 scores and sums for half inputs
         mask = problem.key_padding_mask()  # (B, N) or None
         self.register_buffer(
             "key_padding_bias",
@@ -112,6 +112,8 @@ class TransformerXLAttention(Attention):
                 self.keyless[start] = keyless[:, None, None, None]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out_dtype = q.dtype
+        q, k, v = (x.to(self.problem.compute_dtype) for x in (q, k, v))
         kv_heads, seq_len = k.shape[1], k.shape[2]
         outputs = []
         for start in range(0, seq_len, self.segment_len):
@@ -137,7 +139,7 @@ class TransformerXLAttention(Attention):
                 q_seg, k_span, v_span, attn_mask=bias, scale=self.scale, enable_gqa=kv_heads != q.shape[1]
             )
             outputs.append(out if keyless is None else out.masked_fill(keyless, 0.0))
-        return torch.cat(outputs, dim=2)
+        return torch.cat(outputs, dim=2).to(out_dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Float64 dense scores with R_{i-j} gathered per pair and memory keys/values detached."""
@@ -161,14 +163,30 @@ class TransformerXLAttention(Attention):
         return (probs * own_segment) @ v + (probs * ~own_segment) @ v.detach()
 
 
+def _pair_flops(problem: Problem, hparams: dict, pairs: int) -> float:
+    """Forward FLOPs of scoring `pairs` (query, key) pairs per head, summed over the batch."""
+    products = 3 if hparams["relative"] else 2  # q.k and p.v, plus (q + v).r when relative
+    return float(2 * products * problem.q_heads * problem.head_dim * pairs)
+
+
 def _flops(problem: Problem, hparams: dict) -> float:
+    """Useful forward FLOPs: the pairs inside the segment-plus-memory mask, padded keys excluded."""
+    pos = torch.arange(problem.q_len)
+    segment_len = hparams["segment_len"]
+    mem_start = (torch.div(pos, segment_len, rounding_mode="floor") * segment_len - hparams["mem_len"]).clamp_min(0)
+    valid = torch.tensor(problem.kv_valid_lens or (problem.kv_len,) * problem.batch)[:, None]  # (B, 1)
+    pairs = (torch.minimum(pos + 1, valid) - mem_start).clamp_min(0).sum()  # query i sees mem_start .. i
+    return _pair_flops(problem, hparams, int(pairs))
+
+
+def _executed_flops(problem: Problem, hparams: dict) -> float:
+    """Executed forward FLOPs: each segment's queries times its memory plus the whole segment."""
     segment_len, mem_len = hparams["segment_len"], hparams["mem_len"]
-    pairs = 0  # query-key pairs scored per head: each segment's queries times its memory plus itself
+    pairs = 0
     for start in range(0, problem.q_len, segment_len):
         stop = min(start + segment_len, problem.q_len)
         pairs += (stop - start) * (stop - max(start - mem_len, 0))
-    products = 3 if hparams["relative"] else 2  # q.k and p.v, plus (q + v).r when relative
-    return float(2 * products * problem.batch * problem.q_heads * problem.head_dim * pairs)
+    return _pair_flops(problem, hparams, problem.batch * pairs)
 
 
 @register(
@@ -178,6 +196,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     memory="N+L*(L+M)",
     features=("causal", "gqa", "padding"),
     flops=_flops,
+    flops_executed=_executed_flops,
     availability=_availability,
     check_hparams={"segment_len": 16, "mem_len": 12},
 )

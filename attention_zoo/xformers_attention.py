@@ -69,8 +69,6 @@ def _availability(problem: Problem) -> str | None:
         _ops()
     except ImportError as error:
         return f"xformers is not installed ({error}); pip install 'attention-zoo[xformers]'"
-    if problem.device_type == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available in this process"
     return _kernel_reason(problem.device, problem.dtype, problem.head_dim)
 
 

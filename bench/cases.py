@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
@@ -169,9 +168,7 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
 
 
 def unsupported_reason(cell: Cell) -> str | None:
-    """Why the cell cannot run here (the entry's own reason, or no CUDA), or None when it can."""
-    if cell.problem.device_type == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available on this machine"
+    """Why the cell cannot run here (the entry's reason, the registry's device rule included), or None."""
     entry = attention_zoo.get(cell.impl)
     for registry_mode in MODE_PASSES[cell.mode]:
         reason = entry.unsupported_reason(cell.problem, registry_mode)
