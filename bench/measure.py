@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
-
-import torch
 
 import attention_zoo
 from bench.accuracy import error_vs_exact
 from bench.cases import Cell
 from bench.memory import measure_peak
+from bench.modes import mode_calls
 from bench.timing import synchronize, timer_for
-
-
-def mode_calls(impl: torch.nn.Module, q, k, v, mode: str) -> tuple[Callable[[], Any], Callable[[Any], torch.Tensor]]:
-    """(prepare, run) for a mode: only run is timed, and it returns the forward output.
-
-    fwd: run is the forward (inputs do not require grad). bwd: prepare does the forward, run only
-    out.backward(grad_out). fwd_bwd: run does both. Gradients are cleared in prepare, untimed.
-    """
-    if mode == "fwd":
-        return (lambda: None), (lambda _: impl(q, k, v))
-    grad_out = torch.randn_like(q)
-
-    def clear_grads() -> None:
-        for x in (q, k, v):
-            x.grad = None
-
-    def forward_then_backward(_: Any) -> torch.Tensor:
-        out = impl(q, k, v)
-        out.backward(grad_out)
-        return out
-
-    def backward(out: torch.Tensor) -> torch.Tensor:
-        out.backward(grad_out)
-        return out
-
-    if mode == "bwd":
-        return (lambda: (clear_grads(), impl(q, k, v))[1]), backward
-    return clear_grads, forward_then_backward
 
 
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:

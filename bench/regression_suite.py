@@ -27,8 +27,8 @@ import torch
 import attention_zoo
 from attention_zoo import Problem
 from bench.cases import Cell
-from bench.measure import mode_calls
 from bench.memory import measure_peak
+from bench.modes import mode_calls
 
 SEQ_LENS = (256, 512, 1024, 2048)
 MODES = ("fwd", "bwd")
@@ -69,9 +69,25 @@ QUIET_WAIT_BUDGET_S = 45.0  # per run: then cells are timed however busy the mac
 
 
 def suite_hparams(impl: str) -> dict[str, Any]:
-    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them."""
+    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them.
+
+    Only `Entry.hparams` is used (the zoo API the base side of an A/B is driven through, README).
+    """
     defaults = attention_zoo.get(impl).hparams
-    return attention_zoo.get(impl).resolve_hparams({k: v for k, v in HPARAMS.items() if k in defaults})
+    return {**defaults, **{key: value for key, value in HPARAMS.items() if key in defaults}}
+
+
+def suite_machine() -> dict[str, Any]:
+    """What a suite run records about this host beside pytest-benchmark's CPU and Python (machine_info).
+
+    Runs are compared with a committed baseline only when these and the CPU are the same (bench/suite_runs.py).
+    """
+    return {
+        "torch_version": torch.__version__,
+        "torch_threads": THREADS,
+        "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+        "suite_method": METHOD,
+    }
 
 
 def _problem(impl: str, seq_len: int) -> Problem:

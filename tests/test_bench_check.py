@@ -6,70 +6,20 @@ regressions injected into three entries.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from suite_files import HEALTHY, HOST, ROUNDS, SEQ_LENS, make_baseline, suite_file
 
 from bench import check, suite_runs
 from bench.environment import REPO
-from bench.regression_suite import METHOD
-
-SEQ_LENS = (256, 512, 1024, 2048)
-ROUNDS = 15
-NOISE = 0.04  # lognormal sigma of one round's ratio
-
-
-def _suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD, reference_ms=2.0):
-    """A suite JSON: entries maps impl -> (time exponent, ms at N=256, peak-bytes exponent, bytes at 256, slowdown)."""
-    rng = np.random.default_rng(seed)
-    benchmarks = []
-    for impl, (time_exp, ms, mem_exp, peak, slowdown) in entries.items():
-        for n in SEQ_LENS:
-            scale = n / SEQ_LENS[0]
-            reference_samples = reference_ms * rng.lognormal(0, NOISE, ROUNDS)
-            ratio = ms * scale**time_exp * slowdown * rng.lognormal(0, NOISE, ROUNDS) / 2.0
-            benchmarks.append(
-                {
-                    "fullname": f"benchmarks/test_regression.py::test_attention[{impl}-fwd-N{n}]",
-                    "extra_info": {
-                        "impl": impl, "mode": "fwd", "seq_len": n, "causal": False, "hparams": {"window": 32},
-                        "declared_time_exponent": 1.0 if impl.startswith("lin") else 2.0,
-                        "declared_memory_exponent": 1.0 if impl.startswith("lin") else 2.0,
-                        "reference_ms": reference_samples.tolist(), "peak_bytes": int(peak * scale**mem_exp),
-                        "waited_s": 0.0,
-                    },
-                    "stats": {"data": (ratio * reference_samples / 1e3).tolist()},
-                }
-            )  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": {"brand_raw": "test CPU"}, "suite_method": method}
-    saved = {"machine_info": machine, "commit_info": {"id": "abc"}, "benchmarks": benchmarks}
-    (folder / name).write_text(json.dumps(saved))
-    return folder
-
-
-HEALTHY = {
-    "lin_a": (1.0, 1.0, 1.0, 4 * 2**20, 1.0),
-    "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.0),
-    "quad": (2.0, 2.0, 2.0, 16 * 2**20, 1.0),
-}
-
-
-def _baseline(tmp_path, runs=3):
-    """A baseline folder of `runs` healthy suite runs, as --refresh-baseline names them."""
-    folder = tmp_path / "base"
-    for run in range(runs):
-        name = "benchmark.json" if run == 0 else f"benchmark-{run + 1}.json"
-        _suite_file(folder, HEALTHY, seed=100 + run, name=name)
-    return folder
 
 
 def _check(tmp_path, fresh_entries, capsys, seed=1):
-    fresh = _suite_file(tmp_path / "fresh", fresh_entries, seed=seed)
-    status = check.main(["--baseline", str(_baseline(tmp_path)), str(fresh)])
+    fresh = suite_file(tmp_path / "fresh", fresh_entries, seed=seed)
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), str(fresh)])
     return status, capsys.readouterr().out
 
 
@@ -89,8 +39,8 @@ def test_noise_alone_is_no_regression(tmp_path, capsys, seed):
 
 
 def test_a_busier_machine_is_said(tmp_path, capsys):
-    fresh = _suite_file(tmp_path / "fresh", HEALTHY, seed=1, reference_ms=2.4)  # every ratio as before
-    status = check.main(["--baseline", str(_baseline(tmp_path)), str(fresh)])
+    fresh = suite_file(tmp_path / "fresh", HEALTHY, seed=1, reference_ms=2.4)  # every ratio as before
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), str(fresh)])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "warning: the machine was busier than for the baseline (reference +" in out
@@ -107,12 +57,12 @@ def test_twenty_percent_slower_entry_is_named(tmp_path, capsys):
 
 def _check_edited(tmp_path, capsys, edit):
     """The healthy suites, with edit(benchmark) applied to every benchmark of the fresh one: the check's status."""
-    fresh = _suite_file(tmp_path / "fresh", HEALTHY, seed=1)
+    fresh = suite_file(tmp_path / "fresh", HEALTHY, seed=1)
     saved = json.loads((fresh / suite_runs.SUITE_JSON).read_text())
     for bench in saved["benchmarks"]:
         edit(bench)
     (fresh / suite_runs.SUITE_JSON).write_text(json.dumps(saved))
-    status = check.main(["--baseline", str(_baseline(tmp_path)), str(fresh)])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), str(fresh)])
     return status, capsys.readouterr().out
 
 
@@ -152,8 +102,8 @@ def test_linear_entry_made_quadratic_is_named(tmp_path, capsys):
 
 def test_baseline_runs_are_pooled(tmp_path):
     """Every round of every run counts: a cell's baseline is the median over all of them, its peak their median."""
-    base = _baseline(tmp_path)
-    pooled, environment = suite_runs.load_baseline(base)
+    base = make_baseline(tmp_path)
+    pooled, environment = suite_runs.load_pooled(base)
     runs = [suite_runs.load_suite(base, path.name)[0] for path in sorted(base.glob("benchmark*.json"))]
     assert environment["runs"] == 3 and len(pooled) == len(runs[0]) == 12
     first = pooled.iloc[0]
@@ -165,9 +115,9 @@ def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
     fresh = {"lin_a": HEALTHY["lin_a"], "quad": HEALTHY["quad"], "new_entry": HEALTHY["lin_a"]}
     status, out = _check(tmp_path, fresh, capsys)
     assert status == 0
-    assert "could not compare 8:" in out
-    assert "lin_b fwd N=2048: in the baseline, not measured in this run" in out
-    assert "new_entry fwd N=256: not in the baseline (refresh it to start tracking)" in out
+    assert "could not compare 2:" in out  # an entry on one side only is one line
+    assert "lin_b: in the baseline, not measured in this run (4 cells)" in out
+    assert "new_entry: not in the baseline (refresh it to start tracking) (4 cells)" in out
 
 
 def _fake_suite(monkeypatch, runs):
@@ -178,13 +128,13 @@ def _fake_suite(monkeypatch, runs):
     """
     calls = []
 
-    def run_suite(out_dir, imports, select=None, node_ids=None, rounds=None, quiet_reference_ms=None):
+    def run_suite(out_dir, imports, select=None, node_ids=None, rounds=None, quiet_reference_ms=None, **_):
         assert quiet_reference_ms == pytest.approx(2.0, rel=0.02)
         calls.append(node_ids)
         entries = runs[len(calls) - 1]
         if entries is None:
             return pytest.ExitCode.TESTS_FAILED
-        _suite_file(out_dir, entries, seed=len(calls))
+        suite_file(out_dir, entries, seed=len(calls))
         return 0
 
     monkeypatch.setattr(check, "run_suite", run_suite)
@@ -194,7 +144,7 @@ def _fake_suite(monkeypatch, runs):
 def test_a_flagged_entry_that_is_fast_again_when_re_measured_is_no_regression(tmp_path, capsys, monkeypatch):
     slow_once = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
     calls = _fake_suite(monkeypatch, [slow_once, HEALTHY])
-    status = check.main(["--baseline", str(_baseline(tmp_path)), "--out", str(tmp_path / "run")])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert status == 0, out
     assert calls[0] is None  # the whole suite, then only the flagged entry's cells
@@ -206,7 +156,7 @@ def test_a_flagged_entry_that_is_fast_again_when_re_measured_is_no_regression(tm
 def test_a_regression_that_repeats_when_re_measured_is_reported(tmp_path, capsys, monkeypatch):
     slow = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
     calls = _fake_suite(monkeypatch, [slow, slow])
-    status = check.main(["--baseline", str(_baseline(tmp_path)), "--out", str(tmp_path / "run")])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert status == 1 and len(calls) == 2
     regressions = _regressions(out)
@@ -217,16 +167,77 @@ def test_a_regression_that_repeats_when_re_measured_is_reported(tmp_path, capsys
 def test_a_re_run_that_fails_is_a_failed_suite(tmp_path, capsys, monkeypatch):
     slow = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
     _fake_suite(monkeypatch, [slow, None])
-    status = check.main(["--baseline", str(_baseline(tmp_path)), "--out", str(tmp_path / "run")])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert status == 1
     assert "REGRESSION: the suite itself failed (pytest exit 1)" in out
     assert _regressions(out.split("REGRESSION: the suite")[1]).startswith("lin_b:")
 
 
+def test_a_saved_run_is_read_with_its_re_runs(tmp_path, capsys, monkeypatch):
+    """Re-reading what a live check saved (its confirm-1/ included) gives the live check's verdict."""
+    slow_once = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
+    _fake_suite(monkeypatch, [slow_once, HEALTHY])
+    base, run = str(make_baseline(tmp_path)), tmp_path / "run"
+    live = check.main(["--baseline", base, "--out", str(run)])
+    live_out = capsys.readouterr().out
+    saved = check.main(["--baseline", base, str(run)])
+    saved_out = capsys.readouterr().out
+    assert live == saved == 0, saved_out
+    for out in (live_out, saved_out):
+        assert "flagged in the first run but not again when re-measured (1)" in out and "no regression" in out
+
+
+def test_cells_left_out_by_k_are_one_line(tmp_path, capsys, monkeypatch):
+    _fake_suite(monkeypatch, [{"lin_a": HEALTHY["lin_a"]}])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), "--out", str(tmp_path / "run"), "-k", "lin_a"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "could not compare 1:\n  8 cells outside -k 'lin_a', not measured" in out
+
+
+OTHER_CPU = {**HOST, "cpu": {**HOST["cpu"], "brand_raw": "Intel(R) Xeon(R) Processor", "model": 143}}
+
+
+def test_a_live_run_against_a_baseline_from_another_cpu_is_not_compared(tmp_path, capsys, monkeypatch):
+    calls = _fake_suite(monkeypatch, [HEALTHY])
+    folder = tmp_path / "base"
+    suite_file(folder, HEALTHY, seed=100, host=OTHER_CPU)
+    status = check.main(["--baseline", str(folder), "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert status == 0 and calls == [], out  # nothing measured
+    line = out.splitlines()[-1]
+    assert line.startswith("baseline from Intel(R) Xeon(R) Processor (")
+    assert f"this host is {HOST['cpu']['brand_raw']} (" in line and ": not comparable (" in line
+    assert "the same-host A/B (--base) is the gate" in line
+
+
+def test_a_saved_run_from_another_cpu_is_compared_with_a_warning(tmp_path, capsys):
+    fresh = suite_file(tmp_path / "fresh", HEALTHY, seed=1, host=OTHER_CPU)
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), str(fresh)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    warning = next(line for line in out.splitlines() if line.startswith("warning: this run is from"))
+    assert "Intel(R) Xeon(R) Processor" in warning and f"the baseline from {HOST['cpu']['brand_raw']}" in warning
+    assert "no regression" in out
+
+
+def test_a_dirty_baseline_is_read_with_a_note(tmp_path, capsys):
+    base = make_baseline(tmp_path)
+    for path in base.glob("benchmark*.json"):
+        saved = json.loads(path.read_text())
+        saved["commit_info"]["dirty"] = True
+        path.write_text(json.dumps(saved))
+    fresh = suite_file(tmp_path / "fresh", HEALTHY, seed=1)
+    status = check.main(["--baseline", str(base), str(fresh)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert sum("uncommitted changes" in line for line in out.splitlines()) == 1
+
+
 def test_nothing_flagged_is_not_re_measured(tmp_path, capsys, monkeypatch):
     calls = _fake_suite(monkeypatch, [HEALTHY])
-    status = check.main(["--baseline", str(_baseline(tmp_path)), "--out", str(tmp_path / "run")])
+    status = check.main(["--baseline", str(make_baseline(tmp_path)), "--out", str(tmp_path / "run")])
     assert status == 0 and calls == [None], capsys.readouterr().out
 
 
@@ -237,15 +248,18 @@ def test_nothing_flagged_is_not_re_measured(tmp_path, capsys, monkeypatch):
         (["--baseline", "{base}", "--time-tolerance", "0"], "--time-tolerance=0.0 is invalid: it must be positive"),
         (["--baseline", "{base}", "--confirm", "-1"], "--confirm=-1 is invalid: it must be 0 or more"),
         (["--refresh-baseline", "{base}", "{base}"], "--refresh-baseline runs the suite itself: drop RESULTS_DIR"),
-        (["{base}"], "one of the arguments --baseline --refresh-baseline is required"),
+        (["{base}"], "give --base [REF] (the same-host A/B), --baseline DIR, or --refresh-baseline DIR"),
+        (["--base", "no-such-ref"], "--base 'no-such-ref' names no commit of this repository"),
+        (["--base", "HEAD", "{base}"], "--base measures both sides itself: drop RESULTS_DIR"),
+        (["--base", "--baseline", "{base}"], "BASE_COMMIT is missing: give the base commit (--base REF)"),
         (["--baseline", "{base}", "{old}"], "refresh the baseline (--refresh-baseline)"),
         (["--baseline", "{mixed}"], "mixes runs of different suite methods"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):
-    base = _baseline(tmp_path)
-    old = _suite_file(tmp_path / "old", HEALTHY, seed=0, method="wall time")
-    mixed = _suite_file(_baseline(tmp_path / "mixed"), HEALTHY, seed=0, name="benchmark-4.json", method="wall time")
+    base = make_baseline(tmp_path)
+    old = suite_file(tmp_path / "old", HEALTHY, seed=0, method="wall time")
+    mixed = suite_file(make_baseline(tmp_path / "mixed"), HEALTHY, seed=0, name="benchmark-4.json", method="wall time")
     with pytest.raises(SystemExit) as exit_info:
         check.main([a.format(base=base, old=old, mixed=mixed) for a in args])
     assert exit_info.value.code == 2
@@ -254,35 +268,33 @@ def test_user_errors_are_one_line(tmp_path, capsys, args, message):
 
 
 def _run_check(*args):
-    # the suite's own subprocess must see tests/ (the injected regressions) on its path, as here
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.check", *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, "-m", "bench.check", *args], cwd=REPO, capture_output=True, text=True)
 
 
 @pytest.mark.slow
-def test_real_suite_catches_injected_regressions(tmp_path):
-    """A 2-run baseline, a clean run (passes), then tests/bench_regressions.py injected: each entry is named.
+def test_real_suite_catches_injected_regressions_against_the_base_commit(tmp_path):
+    """The A/B against HEAD: unchanged, it passes; with tests/bench_regressions.py injected, each entry is named.
 
-    All at the default tolerances, with the default confirmation re-run.
+    All at the default tolerances and confirmation, on four entries' forward cells, 2 runs per side
+    (about 2 minutes on 2 cores).
     """
-    select = ["-k", "fwd and (linformer or full or sliding_window or performer) and not peer and not flex"]
-    base = tmp_path / "base"
-    refreshed = _run_check("--refresh-baseline", str(base), "--runs", "2", *select)
-    assert refreshed.returncode == 0, refreshed.stdout[-3000:] + refreshed.stderr[-3000:]
-
-    clean = _run_check("--baseline", str(base), "--out", str(tmp_path / "clean"), *select)
-    assert clean.returncode == 0, clean.stdout[-3000:]
+    select = [
+        "--runs",
+        "2",
+        "-k",
+        "fwd and (linformer or full or sliding_window or performer) and not peer and not flex",
+    ]
+    clean = _run_check("--base", "HEAD", "--out", str(tmp_path / "clean"), *select)
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
     assert "compared 16 figures of 4 entries (16 cells)" in clean.stdout
-    assert "no regression" in clean.stdout
+    assert "no regression against " in clean.stdout
 
     bad = _run_check(
-        "--baseline", str(base), "--out", str(tmp_path / "bad"), "--zoo-import", "tests.bench_regressions", *select
+        "--base", "HEAD", "--out", str(tmp_path / "bad"), "--zoo-import", "tests.bench_regressions", *select
     )
     assert bad.returncode == 1, bad.stdout[-3000:]
     regressions = _regressions(bad.stdout)
-    assert regressions.startswith("full, linformer, sliding_window:"), bad.stdout[-3000:]
+    assert regressions.startswith("full, linformer, sliding_window (against "), bad.stdout[-3000:]
     checks = ("time / ref", "peak bytes", "time exponent", "memory exponent")
     rows = regressions.splitlines()[2:]  # after the names and the table's header
     found = {(row.split()[0], name) for row in rows for name in checks if name in row}
