@@ -106,7 +106,7 @@ REPORT = {
     "report with an unknown option": (["{run}", "--colour", "blue"], "--colour"),
 }
 CHECK = {
-    "check without a target": ([], "one of the arguments --baseline --refresh-baseline is required"),
+    "check without a target": ([], "give --base [REF] (the same-host A/B), --baseline DIR, or --refresh-baseline DIR"),
     "check of a missing baseline": (["--baseline", "{tmp}/nowhere"], "nowhere"),
     "check tolerance not a number": (["--baseline", "{tmp}", "--time-tolerance", "abc"], "'abc'"),
     "check tolerance 0": (["--baseline", "{tmp}", "--memory-tolerance", "0"], "--memory-tolerance=0.0 is invalid"),
