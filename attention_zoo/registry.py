@@ -109,6 +109,7 @@ class Entry:
     features: frozenset[str]
     flops_fn: FlopsFn = _dense_flops
     availability: AvailabilityFn = _always_available
+    backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
 
@@ -143,7 +144,8 @@ class Entry:
             # the availability function may say why (e.g. a formulation that is not causal)
             detail = self.availability(problem)
             return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
-        return self.availability(problem)
+        reason = self.availability(problem)
+        return reason or (self.backward_availability(problem) if mode == "backward" else None)
 
     def build(self, problem: Problem, **overrides: Any) -> Attention:
         """Build the implementation for one problem, outside any timed region."""
@@ -174,10 +176,15 @@ def register(
     features: Iterable[str] = FEATURES,
     flops: FlopsFn = _dense_flops,
     availability: AvailabilityFn = _always_available,
+    backward_availability: AvailabilityFn = _always_available,
     check_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
-    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name."""
+    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
+
+    availability(problem) says why the entry cannot run a problem at all (None: it can);
+    backward_availability(problem), asked for the backward pass only, why it has no backward there.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
     for kind, values, allowed in (("feature", features, FEATURES), ("mode", modes, MODES)):
@@ -202,6 +209,7 @@ def register(
             features=frozenset(features),
             flops_fn=flops,
             availability=availability,
+            backward_availability=backward_availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
         )
