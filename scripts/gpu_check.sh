@@ -39,19 +39,19 @@ export PYTHONPATH="$repo:$site${PYTHONPATH:+:$PYTHONPATH}"
 echo "wheels installed into $site: $(ls "$wheels" | tr '\n' ' ')"
 
 if command -v nvidia-smi >/dev/null; then
-    step nvidia-smi 30 nvidia-smi
+    step nvidia-smi 15 nvidia-smi
 else
     echo "SKIP (CUDA-only) nvidia-smi: not on PATH"
 fi
-step versions 60 python3 -m bench.gpu_check versions "$out"
+step versions 30 python3 -m bench.gpu_check versions "$out"
 # xdist spreads the oracle's compiles (flex, Triton) over the machine's cores where it is installed
 workers=()
 python3 -c "import xdist" 2>/dev/null && [ "${GPU_CHECK_DEVICE:-cuda}" != cpu ] && workers=(-n 8)
-step "pytest -m cuda" 100 python3 -m pytest -m cuda -q -p no:cacheprovider "${workers[@]}" \
+step "pytest -m cuda" 75 python3 -m pytest -m cuda -q -p no:cacheprovider "${workers[@]}" \
     --junit-xml="$out/pytest_cuda.txt" tests/test_oracle_cuda.py
-step sweep 170 python3 -m bench.gpu_check sweep "$out"
-step do_bench 40 python3 -m bench.gpu_check do_bench "$out"
-step report 30 python3 -m bench.gpu_check report "$out"
+step sweep 140 python3 -m bench.gpu_check sweep "$out"
+step do_bench 25 python3 -m bench.gpu_check do_bench "$out"
+step report 15 python3 -m bench.gpu_check report "$out"
 rm -rf "$site"
 echo "files in $out: $(ls "$out" | tr '\n' ' ')"
 if [ ${#failed[@]} -gt 0 ]; then
