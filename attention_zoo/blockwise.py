@@ -28,6 +28,7 @@ class _Tiling:
         self.q_tile, self.k_tile = q_tile, k_tile
         self.causal = problem.causal
         self.offset = problem.causal_offset
+        self.device = device
         self.valid = None if problem.kv_valid_lens is None else torch.tensor(problem.kv_valid_lens, device=device)
         self.min_valid = min(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
         self.max_valid = max(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
@@ -58,7 +59,7 @@ class _Tiling:
         crosses_padding = k_end > self.min_valid
         if not (crosses_diagonal or crosses_padding):
             return None
-        device = self.valid.device if self.valid is not None else None
+        device = self.device
         k_pos = torch.arange(k_start, k_end, device=device)
         allowed = torch.ones(1, 1, 1, q_end - q_start, k_end - k_start, dtype=torch.bool, device=device)
         if crosses_diagonal:

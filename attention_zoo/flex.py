@@ -1,13 +1,15 @@
 """The sliding-window and Longformer patterns of sparse.py through torch's compiled flex_attention and a BlockMask.
 
 The mask is sparse.window_predicate itself, used as the mask_mod, so both families share one convention.
-Building creates the BlockMask and runs one warm-up call, which compiles flex_attention for the problem's
-shapes (seconds per new shape on CPU, cached afterwards): the harness counts this as setup, and the
-first timed call does not compile. One compiled function serves every build, and the mask's settings
-are captured tensors, so problems of the same shape reuse one compiled graph whatever their window.
+Building creates the BlockMask and runs one warm-up call in the current grad mode (the harness's), which
+compiles flex_attention for the problem's shapes (seconds per new shape on CPU, cached afterwards): the
+harness counts this as setup. A call with inputs that require grad is a graph of its own, compiled at
+the first such call, which the harness makes while warming up. One compiled function serves every
+build, and the mask's settings are captured tensors, so problems of the same shape reuse one compiled
+graph whatever their window.
 
-flex_attention has no backward pass on CPU in torch 2.13 (it raises NotImplementedError); the registry's
-modes do not depend on the device, so these entries declare forward only everywhere.
+flex_attention has a backward pass on CUDA; on CPU in torch 2.13 it raises NotImplementedError, so the
+entries declare backward on CUDA only.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ RECOMPILE_LIMIT = 256
 
 @functools.cache
 def _compiled(function):
-    """One compiled function per process: every build shares its cache of compiled graphs."""
+    """One compiled function per process: every build shares its cache of compiled graphs.
+
+    Past dynamo's recompile limit (8 graphs) flex_attention would silently fall back to its unfused
+    eager path, which materialises the N x N scores; the limit is raised for the process.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(function, dynamic=False)
 
 
@@ -61,14 +68,15 @@ class FlexWindowAttention(Attention):
         )
         self.enable_gqa = problem.group_size > 1
         self.flex_attention = _compiled(flex_attention)
-        # compile now, so that no timed call does: grad mode is part of the compiled graph's guards, so warm
-        # up in both. Past dynamo's recompile limit (8 graphs) flex_attention would silently fall back to
-        # its unfused eager path, which materialises the N x N scores.
-        inputs = problem.make_inputs()
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            for grad_enabled in (False, True):
-                with torch.set_grad_enabled(grad_enabled):
-                    self(*inputs)
+        # compile now, in the grad mode the calls run in (the harness's); the values do not matter, so they
+        # are drawn on the device (make_inputs draws in float64 on the host: seconds at N = 16k)
+        shapes = [
+            (problem.q_heads, problem.q_len),
+            (problem.kv_heads, problem.kv_len),
+            (problem.kv_heads, problem.kv_len),
+        ]
+        options = {"dtype": problem.torch_dtype, "device": problem.device}
+        self(*(torch.randn(problem.batch, heads, length, problem.head_dim, **options) for heads, length in shapes))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.flex_attention(q, k, v, block_mask=self.block_mask, enable_gqa=self.enable_gqa)
@@ -77,10 +85,16 @@ class FlexWindowAttention(Attention):
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
 
 
+def _backward_availability(problem: Problem) -> str | None:
+    if problem.device_type == "cpu":
+        return "flex_attention has no backward pass on CPU in torch 2.13 (it has one on CUDA)"
+    return None
+
+
 FLEX = {
     "family": "sparse",
     "exact": False,
-    "modes": ("forward",),
+    "backward_availability": _backward_availability,
     "dtypes": ("float32", "float16", "bfloat16"),
     "flops": band_flops,
     "availability": _availability,

@@ -19,6 +19,8 @@ class Attention(torch.nn.Module):
     def __init__(self, problem: Problem) -> None:
         super().__init__()
         self.problem = problem
+        # the kernel that ran, for entries that pick one at run time (xformers' operators, Triton's tiles)
+        self.kernel = ""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

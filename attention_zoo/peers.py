@@ -64,6 +64,7 @@ class PeerLocalAttention(Attention):
             exact_windowsize=exact_windowsize,
             use_rotary_pos_emb=False,
         )
+        self.local_attention.requires_grad_(False)  # its own parameters, if any, are fixed: gradients reach q, k, v
         # autopad appends zero keys up to a multiple of the window; causal masks them by position, but
         # a non-causal query would attend them unless a key mask marks them (autopad pads it with False)
         needs_key_mask = problem.kv_valid_lens is not None or (not problem.causal and problem.kv_len % window != 0)
@@ -171,7 +172,8 @@ class PeerLinformer(Attention):
         module.to_k, module.to_v = _Columns(0, kv_width), _Columns(kv_width, 2 * kv_width)
         if share_kv:
             module.proj_v = module.proj_k
-        self.linformer = module.to(device=problem.device, dtype=problem.torch_dtype)
+        # its sequence projections are fixed, as ours are: no graph for them in the forward, no gradient in backward
+        self.linformer = module.to(device=problem.device, dtype=problem.torch_dtype).requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, q_heads, q_len, head_dim = q.shape
@@ -250,7 +252,7 @@ class PeerPerformer(Attention):
                 causal=problem.causal,
                 generalized_attention=False,
             )
-        self.fast_attention = fast_attention.to(device=problem.device, dtype=problem.torch_dtype)
+        self.fast_attention = fast_attention.to(device=problem.device, dtype=problem.torch_dtype).requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.redraw:

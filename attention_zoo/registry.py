@@ -114,6 +114,7 @@ class Entry:
     flops_fn: FlopsFn = _dense_flops
     executed_flops_fn: FlopsFn | None = None  # None: the entry executes only the work flops_fn counts
     availability: AvailabilityFn = _always_available
+    backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
@@ -162,7 +163,8 @@ class Entry:
             # the availability function may say why (e.g. a formulation that is not causal)
             detail = self.availability(problem)
             return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
-        return self.availability(problem)
+        reason = self.availability(problem)
+        return reason or (self.backward_availability(problem) if mode == "backward" else None)
 
     def build(self, problem: Problem, **overrides: Any) -> Attention:
         """Build the implementation for one problem, outside any timed region."""
@@ -201,6 +203,7 @@ def register(
     flops: FlopsFn | None = None,
     flops_executed: FlopsFn | None = None,
     availability: AvailabilityFn = _always_available,
+    backward_availability: AvailabilityFn = _always_available,
     check_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
@@ -209,6 +212,8 @@ def register(
     flops(problem, hparams) is the forward pass's useful FLOPs; exact entries default to the dense count
     of the attended pairs, approximate ones must declare their own. flops_executed, where the entry also
     executes masked or padded work (whole tiles, buckets, slabs), counts everything it executes.
+    availability(problem) says why the entry cannot run a problem at all (None: it can);
+    backward_availability(problem), asked for the backward pass only, why it has no backward there.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
@@ -240,6 +245,7 @@ def register(
             flops_fn=flops or _dense_flops,
             executed_flops_fn=flops_executed,
             availability=availability,
+            backward_availability=backward_availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
             declared=MappingProxyType(_declared_hparams(entry_name, builder)),

@@ -101,8 +101,9 @@ class TransformerXLAttention(Attention):
             stop, mem_start = min(start + segment_len, problem.q_len), max(start - mem_len, 0)
             shape = (stop - start, start - mem_start)
             if shape not in self.causal_bias:
+                q_pos = torch.arange(start, stop, device=device)
                 allowed = segment_memory_allowed(
-                    torch.arange(start, stop), torch.arange(mem_start, stop), segment_len, mem_len
+                    q_pos, torch.arange(mem_start, stop, device=device), segment_len, mem_len
                 )
                 self.causal_bias[shape] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
                     ~allowed, float("-inf")

@@ -13,16 +13,20 @@ import importlib
 import importlib.util
 import math
 import os
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
-from attention_zoo.registry import register
+from attention_zoo.registry import HyperparameterError, register
 from attention_zoo.rules import AtLeast, OneOf
 
 TILE_SIZES = (16, 32, 64, 128, 256)
+# automatic tiles: Triton's tutorial backward (block_m, block_n, warps, stages); the interpreter's forward
+BACKWARD_TILES = {"16-bit": (128, 32, 4, 5), "float32": (64, 32, 4, 2)}
+INTERPRETER_FORWARD_TILES = (64, 64, 4, 3)
 MAX_HEAD_DIM = 128
 INSTALL_HINT = "pip install 'attention-zoo[triton]'"
 
@@ -40,22 +44,53 @@ def _strides(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.stride())
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """One kernel's launch shape: query rows (block_m) x key rows (block_n) per program, warps, pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def launch(self) -> dict[str, int]:
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "num_warps": self.num_warps,
+                "num_stages": self.num_stages}  # fmt: skip
+
+
+def _describe(tiles: Tiles, compiled) -> str:
+    """ "128x64 w4 s3", with the compiled kernel's registers per thread and spills where Triton reports them."""
+    text = f"{tiles.block_m}x{tiles.block_n} w{tiles.num_warps} s{tiles.num_stages}"
+    n_regs, n_spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
+    return text if n_regs is None else f"{text} regs={n_regs} spills={n_spills}"
+
+
 class _TritonFlashFunction(torch.autograd.Function):
     """FA2 forward saving O and the base-2 log-sum-exp; backward = delta preprocess, dK/dV kernel, dQ kernel."""
 
     @staticmethod
     def forward(ctx, q, k, v, attention: TritonFlash):
-        kernels, launch = _kernels(), attention.launch
+        kernels = _kernels()
         batch, q_heads, q_len, _ = q.shape
         out = torch.empty_like(q)
         lse = torch.empty((batch, q_heads, q_len), dtype=torch.float32, device=q.device)
-        grid = (math.ceil(q_len / attention.block_m), batch * q_heads)
-        kernels.fwd_kernel[grid](
+        args = (
             q, k, v, out, lse, attention.valid_lens,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             q_heads, q_len, k.shape[2], attention.qk_scale,
-            BLOCK_M=attention.block_m, BLOCK_N=attention.block_n, **launch,
         )  # fmt: skip
+        if attention.forward_tiles is None:  # autotuned per (Nq, Nk, head dim, causal, group)
+            kernel = kernels.autotuned_fwd_kernel()
+            compiled = kernel[lambda meta: (math.ceil(q_len / meta["BLOCK_M"]), batch * q_heads)](
+                *args, **attention.constants
+            )
+            best = kernel.best_config
+            tiles = Tiles(best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], best.num_warps, best.num_stages)
+        else:
+            tiles = attention.forward_tiles
+            grid = (math.ceil(q_len / tiles.block_m), batch * q_heads)
+            compiled = kernels.fwd_kernel[grid](*args, **tiles.launch(), **attention.constants)
+        attention.log_kernel("fwd", tiles, compiled)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.attention = attention
         return out
@@ -69,54 +104,64 @@ class _TritonFlashFunction(torch.autograd.Function):
 
 def _flash_backward(attention: TritonFlash, q, k, v, out, lse, grad_out):
     """FA2 backward: delta = rowsum(dO * O), then dK/dV over query tiles and dQ over key tiles."""
-    kernels, launch = _kernels(), attention.launch
+    kernels, constants, tiles = _kernels(), attention.constants, attention.backward_tiles
     batch, q_heads, q_len, _ = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     delta = torch.empty_like(lse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    block_m, block_n = attention.block_m, attention.block_n
-    head_dims = {"HEAD_DIM": launch["HEAD_DIM"], "HEAD_DIM_PAD": launch["HEAD_DIM_PAD"]}
+    block_m, block_n = tiles.block_m, tiles.block_n
+    head_dims = {"HEAD_DIM": constants["HEAD_DIM"], "HEAD_DIM_PAD": constants["HEAD_DIM_PAD"]}
+    warps = {"num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
 
     kernels.bwd_preprocess_kernel[(math.ceil(q_len / block_m), batch * q_heads)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), q_heads, q_len, BLOCK_M=block_m, **head_dims
     )
     # dK/dV owns a key tile of block_m rows and streams query tiles of block_n rows (FA2's shape)
-    kernels.bwd_dkdv_kernel[(math.ceil(kv_len / block_m), batch * kv_heads)](
+    compiled = kernels.bwd_dkdv_kernel[(math.ceil(kv_len / block_m), batch * kv_heads)](
         q, k, v, grad_out, dk, dv, lse, delta, attention.valid_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv),
         kv_heads, q_len, kv_len, attention.qk_scale, attention.scale,
-        BLOCK_M=block_n, BLOCK_N=block_m, **launch,
+        BLOCK_M=block_n, BLOCK_N=block_m, **warps, **constants,
     )  # fmt: skip
-    kernels.bwd_dq_kernel[(math.ceil(q_len / block_m), batch * q_heads)](
+    attention.log_kernel("dkdv", Tiles(block_n, block_m, tiles.num_warps, tiles.num_stages), compiled)
+    compiled = kernels.bwd_dq_kernel[(math.ceil(q_len / block_m), batch * q_heads)](
         q, k, v, grad_out, dq, lse, delta, attention.valid_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq),
         q_heads, q_len, kv_len, attention.qk_scale, attention.scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, **launch,
+        BLOCK_M=block_m, BLOCK_N=block_n, **warps, **constants,
     )  # fmt: skip
+    attention.log_kernel("dq", tiles, compiled)
     return dq, dk, dv
 
 
 class TritonFlash(Attention):
-    """The problem's fixed launch settings (scale, tiles, masks as valid lengths) prepared once."""
+    """The problem's fixed launch settings (scale, tiles, masks as valid lengths) prepared once.
 
-    def __init__(self, problem: Problem, block_m: int, block_n: int, num_warps: int, num_stages: int) -> None:
+    forward_tiles None: autotuned on CUDA. `kernel` names the tiles each kernel last ran with, and
+    its registers and spills where Triton reports them (compiled kernels; not the interpreter).
+    """
+
+    def __init__(self, problem: Problem, forward_tiles: Tiles | None, backward_tiles: Tiles) -> None:
         super().__init__(problem)
-        self.block_m, self.block_n = block_m, block_n
+        self.forward_tiles, self.backward_tiles = forward_tiles, backward_tiles
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         self.qk_scale = self.scale * math.log2(math.e)  # scores in base 2: exp2 is the fast instruction
         # no padding = every key valid; one int32 load per program keeps a single kernel for both cases
         self.valid_lens = torch.tensor(
             problem.kv_valid_lens or (problem.kv_len,) * problem.batch, dtype=torch.int32, device=problem.device
         )
-        self.launch = {
+        self.constants = {
             "HEAD_DIM": problem.head_dim,
             "HEAD_DIM_PAD": max(16, 1 << (problem.head_dim - 1).bit_length()),  # tl.dot needs K >= 16
             "GROUP": problem.group_size,
             "CAUSAL": problem.causal,
             "DOT_PRECISION": "ieee" if problem.dtype == "float32" else "tf32",  # tf32 is ignored for 16-bit
-            "num_warps": num_warps,
-            "num_stages": num_stages,
         }
+        self.launched: dict[str, str] = {}
+
+    def log_kernel(self, name: str, tiles: Tiles, compiled) -> None:
+        self.launched[name] = f"{name} {_describe(tiles, compiled)}"
+        self.kernel = "; ".join(self.launched.values())
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with torch.cuda.device_of(q):  # Triton launches on the current CUDA device; no-op on CPU
@@ -133,7 +178,7 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
-Tile = Annotated[int, OneOf(*TILE_SIZES)]
+Tile = Annotated[int, OneOf(0, *TILE_SIZES)]  # 0: automatic
 LaunchSetting = Annotated[int, AtLeast(0)]  # 0: automatic
 
 
@@ -150,21 +195,32 @@ LaunchSetting = Annotated[int, AtLeast(0)]  # 0: automatic
 def triton_flash(
     problem: Problem,
     *,
-    block_m: Tile = 128,
-    block_n: Tile = 64,
+    block_m: Tile = 0,
+    block_n: Tile = 0,
     num_warps: LaunchSetting = 0,
     num_stages: LaunchSetting = 0,
 ) -> Attention:
     """FlashAttention 2 in Triton, written here: tiled online softmax forward, LSE-recomputing backward.
 
     block_m: query rows per forward/dQ tile and key rows per dK/dV tile; block_n: the other side.
-    num_warps, num_stages: Triton launch settings; 0 picks 4 warps / 3 stages up to head_dim 64, else 8 / 2.
+    0 and 0 (default): the forward is autotuned on CUDA per (Nq, Nk, head dim, causal, group) over
+    Hopper-sane tiles (64x64 under the interpreter), and the backward takes Triton's tutorial tiles
+    (dK/dV: 128 keys x 32 queries, dQ: 128 queries x 32 keys, 4 warps, 5 stages; float32: 64-row tiles,
+    2 stages). Set both to pin every kernel's tiles. num_warps, num_stages (with pinned tiles only):
+    0 picks 4 warps (8 from 128x128 tiles) and 3 stages up to head_dim 64, else 2.
     """
-    small_head = problem.head_dim <= 64
-    return TritonFlash(
-        problem,
-        block_m,
-        block_n,
-        num_warps=num_warps or (4 if small_head else 8),
-        num_stages=num_stages or (3 if small_head else 2),
-    )
+    if (block_m == 0) != (block_n == 0):
+        raise HyperparameterError(f"block_m={block_m} and block_n={block_n} are invalid: set both, or both 0")
+    if block_m == 0:
+        if num_warps or num_stages:
+            raise HyperparameterError(
+                f"num_warps={num_warps} and num_stages={num_stages} are invalid with automatic tiles: "
+                "set block_m and block_n too, or leave both 0"
+            )
+        backward = Tiles(*BACKWARD_TILES["float32" if problem.dtype == "float32" else "16-bit"])
+        forward = Tiles(*INTERPRETER_FORWARD_TILES) if _interpreting() else None
+        return TritonFlash(problem, forward, backward)
+    warps = num_warps or (8 if block_m * block_n >= 128 * 128 else 4)
+    stages = num_stages or (3 if problem.head_dim <= 64 else 2)
+    tiles = Tiles(block_m, block_n, warps, stages)
+    return TritonFlash(problem, tiles, tiles)

@@ -17,6 +17,8 @@ Conventions shared by every kernel (see attention_zoo.problem):
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -312,3 +314,24 @@ def bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, VALID_LENS,
 
     _store(DQ + b * stride_dqb + h * stride_dqh, start_m, q_len, stride_dqm, stride_dqd, dq * sm_scale, HEAD_DIM,
            HEAD_DIM_PAD, BLOCK_M)  # fmt: skip
+
+
+# Forward tiles the autotuner tries, (BLOCK_M, BLOCK_N, num_warps, num_stages): Triton's tutorial set
+# (06-fused-attention) trimmed to what compiles in seconds, and Hopper-sane: like the tutorial on sm90,
+# no 8 warps where BLOCK_M * BLOCK_N < 128 * 128.
+FORWARD_TILES = ((64, 64, 4, 3), (64, 32, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3))
+AUTOTUNE_KEY = ["q_len", "kv_len", "HEAD_DIM", "CAUSAL", "GROUP"]
+
+
+def _tiles_within(configs, named_args, **kwargs):
+    """The configs whose query tile is no longer than the sequence (the smallest one where none is)."""
+    fitting = [config for config in configs if config.kwargs["BLOCK_M"] <= named_args["q_len"]]
+    return fitting or [min(configs, key=lambda config: config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"])]
+
+
+@functools.cache
+def autotuned_fwd_kernel():
+    """fwd_kernel autotuned per AUTOTUNE_KEY over FORWARD_TILES; made on first use (never under the interpreter)."""
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in FORWARD_TILES]
+    prune = {"early_config_prune": _tiles_within}
+    return triton.autotune(configs, key=AUTOTUNE_KEY, prune_configs_by=prune)(fwd_kernel)

@@ -5,18 +5,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 import attention_zoo
+from attention_zoo import Problem
 from bench.accuracy import error_vs_exact
 from bench.cases import Cell
 from bench.memory import measure_peak
 from bench.modes import mode_calls
-from bench.timing import synchronize, timer_for
+from bench.timing import on_device, synchronize, timer_for
+
+_INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
+
+
+def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch.Tensor, ...]:
+    """Fresh copies of the problem's inputs, drawn once per problem (make_inputs draws in float64 on the host:
+    seconds at N = 16k); cells run problem by problem, so the latest problem's are kept, on its device."""
+    key = (problem, seed)
+    if key not in _INPUTS:
+        _INPUTS.clear()  # the previous problem's go before this one's are drawn
+        _INPUTS[key] = problem.make_inputs(seed=seed)
+    return tuple(x.clone().requires_grad_(requires_grad) for x in _INPUTS[key])
 
 
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
+    with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
+        return _measure_on_device(cell, timing, seed)
+
+
+def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     problem, device_type = cell.problem, cell.problem.device_type
-    q, k, v = problem.make_inputs(seed=seed, requires_grad=cell.mode != "fwd")  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
+    q, k, v = cell_inputs(problem, seed, requires_grad=cell.mode != "fwd")  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
 
     # setup: build (projections, masks, compiled code) and warm up, timed together as setup_ms
     started = time.perf_counter()
@@ -48,5 +68,6 @@ def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any
         "n_samples": len(samples.ms),
         "noisy": samples.noisy,
         "peak_bytes": peak_bytes,
+        "kernel": impl.kernel,
         **error,
     }

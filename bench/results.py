@@ -33,17 +33,24 @@ IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
     "kv_len", "head_dim", "causal", "padding", "dtype", "device", "seq_len", "hparams",
 ]  # fmt: skip
+DEVICE_COLUMNS = [  # bench.environment.device_environment, besides device_name
+    "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",
+    "flash_version", "sm_clock_mhz", "max_sm_clock_mhz", "memory_clock_mhz", "gpu_memory_free_bytes", "gemm_size",
+]  # fmt: skip
 MEASURED_COLUMNS = [
     "time_complexity", "memory_complexity", "declared_time_exponent", "declared_memory_exponent",
     "status", "reason",
     "setup_ms", "time_ms_median", "time_ms_iqr", "time_ms_min", "time_ms_samples", "n_samples", "noisy",
-    "peak_bytes", "predicted_bytes",
+    "peak_bytes", "predicted_bytes", "kernel",
     "flops", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm",
     "error_rel_l2", "error_max_abs",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
+    *DEVICE_COLUMNS,
     "started", "timestamp", "exclusive",
 ]  # fmt: skip
-TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id"]  # empty means "", not missing
+# empty means "", not missing
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
+                "driver_version", "compute_capability", "flash_version"]  # fmt: skip
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error")
 TEMPORARY_GLOB = ".*.tmp"  # what a write killed before its rename leaves behind
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import attention_zoo
 from bench import cases, results
-from bench.environment import device_name, environment
+from bench.environment import environment
 from bench.errors import BenchConfigError
 from bench.flops import cell_flops
 from bench.locks import timing_lock
@@ -52,14 +52,33 @@ def _gemm_ceilings(worker: Worker, cells: list[cases.Cell]) -> dict[tuple[str, s
     return ceilings
 
 
-def _measure(cell: cases.Cell, cfg: dict[str, Any], worker: Worker) -> dict[str, Any]:
-    """The status and measured columns of one cell: unsupported or skipped here, everything else in the worker."""
+def _device_columns(worker: Worker, cells: list[cases.Cell]) -> dict[str, dict[str, Any]]:
+    """bench.environment.device_environment once per device that will run, asked in the worker; {} where it fails."""
+    columns = {}
+    for device in sorted({c.problem.device for c in cells}):
+        status, value = worker.call("device", device, timeout_s=GEMM_TIMEOUT_S)
+        columns[device] = value if status == "ok" else {}
+    return columns
+
+
+def _memory_limit(cell: cases.Cell, worker: Worker, device: dict[str, Any]) -> int:
+    """The bytes a cell may need: a fraction of the GPU's free memory on CUDA, else the worker's RSS limit."""
+    free = device.get("gpu_memory_free_bytes", math.nan)
+    if cell.problem.device_type == "cuda" and not math.isnan(free):
+        return int(MEMORY_LIMIT_FRACTION * free)
+    return worker.memory_limit_bytes
+
+
+def _measure(cell: cases.Cell, cfg: dict[str, Any], worker: Worker, memory_limit: int) -> dict[str, Any]:
+    """The status and measured columns of one cell: skipped here, the rest (the entry's probes too) in the worker."""
     predicted = predict_bytes(cell, attention_zoo.get(cell.impl).memory.exponent)
-    reason = cases.unsupported_reason(cell)
+    status, reason = worker.call("reason", cell, timeout_s=GEMM_TIMEOUT_S)
+    if status != "ok":
+        return {"status": status, "reason": reason, "predicted_bytes": predicted}
     if reason:
         return {"status": "unsupported", "reason": reason, "predicted_bytes": predicted}
-    if predicted > worker.memory_limit_bytes:
-        limit = worker.memory_limit_bytes
+    if predicted > memory_limit:
+        limit = memory_limit
         reason = f"predicted {predicted / 2**30:.1f} GiB exceeds the memory limit {limit / 2**30:.1f} GiB"
         return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
     max_flops = cfg["sweep"]["max_cell_flops"]
@@ -118,16 +137,22 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         results.write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
         todo = [c for c in cells if c.cell_id not in writer.done_cell_ids]
         # the lock is taken before the worker starts: its start-up (importing torch) would disturb another job's timings
-        with timing_lock(plain["timing_lock"]) as exclusive, Worker(threads, plain["imports"], memory_limit) as worker:
+        devices = {c.problem.device for c in cells}
+        with (
+            timing_lock(plain["timing_lock"], devices) as exclusive,
+            Worker(threads, plain["imports"], memory_limit) as worker,
+        ):
             ceilings = _gemm_ceilings(worker, todo)
+            device_columns = _device_columns(worker, todo)  # after the GEMM ceiling: clocks read on a warm GPU
             progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
             for cell in progress:
                 progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
                 row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env, "exclusive": exclusive}
                 started = _now()
-                row.update(_measure(cell, plain, worker))
+                device = device_columns[cell.problem.device]
+                row.update(_measure(cell, plain, worker, _memory_limit(cell, worker, device)))
                 row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
-                row.update(device_name=device_name(cell.problem.device), started=started, timestamp=_now())
+                row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
                 done += 1
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ pass whose backward is timed) and returns the state `run(state)` needs; only `ru
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 NOISY_IQR_OVER_MEDIAN = 0.10  # torch.utils.benchmark warns above the same ratio
 L2_FLUSH_BYTES = 256 * 2**20  # bigger than any GPU's L2 (H100: 50 MB), as in triton.testing.do_bench
+ESTIMATE_CALLS = 5  # flushed calls that estimate one call's time, as in do_bench
 
 Prepare = Callable[[], Any]
 Run = Callable[[Any], Any]
@@ -64,17 +66,21 @@ def time_cpu(prepare: Prepare, run: Run, min_samples: int, max_samples: int, bud
 def time_cuda(prepare: Prepare, run: Run, min_samples: int, max_samples: int, budget_s: float) -> Samples:
     """CUDA events around each call, the L2 cache flushed before each (as triton.testing.do_bench).
 
-    NOT TESTED on this project's CPU-only CI machine: it follows do_bench's recipe and runs on a GPU.
-    The number of samples comes from a first estimate of one call, so that sampling fits budget_s.
+    Runs on the current CUDA device (the caller wraps a cell in `on_device`); checked on a GPU by
+    `pytest -m cuda` and scripts/gpu_check.sh, never on the CPU-only CI machine.
+    The number of samples comes from ESTIMATE_CALLS flushed calls, as do_bench estimates it, so that
+    sampling (each sample's prepare and flush included) fits budget_s.
     """
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     estimate_start, estimate_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    state = prepare()
     estimate_start.record()
-    run(state)
+    for _ in range(ESTIMATE_CALLS):
+        state = prepare()
+        flush.zero_()
+        run(state)
     estimate_end.record()
     torch.cuda.synchronize()
-    estimate_s = max(estimate_start.elapsed_time(estimate_end) / 1e3, 1e-6)
+    estimate_s = max(estimate_start.elapsed_time(estimate_end) / 1e3 / ESTIMATE_CALLS, 1e-6)
     count = max(min_samples, min(max_samples, int(budget_s / estimate_s)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
@@ -91,6 +97,11 @@ def time_cuda(prepare: Prepare, run: Run, min_samples: int, max_samples: int, bu
 def timer_for(device_type: str) -> Callable[..., Samples]:
     """The timer for a device type: time_cuda on "cuda", time_cpu otherwise."""
     return time_cuda if device_type == "cuda" else time_cpu
+
+
+def on_device(device: str) -> contextlib.AbstractContextManager:
+    """Make a CUDA device (cuda:1) current for what runs inside: flush buffer, events, memory stats, launches."""
+    return torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext()
 
 
 def synchronize(device_type: str) -> None:

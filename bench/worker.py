@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from bench.cases import unsupported_reason
+from bench.environment import device_environment
 from bench.flops import measure_gemm_flop_per_s
 from bench.measure import measure_cell
 from bench.memory import status_bytes
@@ -30,7 +32,13 @@ PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 POLL_S = 0.05  # how often the runner checks the worker's memory, liveness and deadline
 STARTUP_TIMEOUT_S = 300
 EXIT_GRACE_S = 10  # at the end of a run the worker may exit by itself, letting compile workers clean up
-TASKS = {"cell": measure_cell, "gemm": measure_gemm_flop_per_s}
+# every task that touches a device runs here, so the runner process never creates a CUDA context
+TASKS = {
+    "cell": measure_cell,
+    "gemm": measure_gemm_flop_per_s,
+    "device": device_environment,
+    "reason": unsupported_reason,
+}
 OUT_OF_MEMORY_TEXT = ("out of memory", "can't allocate memory")
 FATAL_CUDA_TEXT = ("CUDA error", "device-side assert")  # the CUDA context is unusable after these
 START_ATTEMPTS = 2  # a worker killed while starting is started once more

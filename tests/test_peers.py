@@ -143,3 +143,18 @@ def test_bad_hyperparameter_is_one_line(name: str, overrides: dict, message: str
     with pytest.raises(z.HyperparameterError) as error:
         z.get(name).build(z.Problem(q_len=8, head_dim=8), **overrides)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", z.list_impls())
+def test_no_entry_trains_parameters_of_its_own(name: str) -> None:
+    """A timed backward computes dq, dk, dv only: no entry, peer or ours, builds graphs for or accumulates
+    gradients into its own projections (peer_linformer's proj_k / proj_v did, slowing it unfairly)."""
+    problem, entry = z.Problem(q_heads=2, q_len=32, head_dim=16), z.get(name)
+    reason = entry.unsupported_reason(problem, "backward")
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    impl = entry.build(problem, **entry.check_hparams)
+    assert [n for n, p in impl.named_parameters() if p.requires_grad] == []
+    q, k, v = problem.make_inputs(requires_grad=True)
+    impl(q, k, v).sum().backward()
+    assert all(p.grad is None for p in impl.parameters())

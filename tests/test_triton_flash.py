@@ -42,8 +42,10 @@ CASES = {
     "fp16_padded_cross": dict(
         batch=2, q_heads=1, q_len=20, kv_len=41, head_dim=16, kv_valid_lens=(41, 9), dtype="float16"
     ),
+    "automatic_tiles_causal_gqa": dict(batch=1, q_heads=2, kv_heads=1, q_len=70, head_dim=32, causal=True),
 }
 TILES = {
+    "automatic_tiles_causal_gqa": {"block_m": 0, "block_n": 0},
     "causal_cross_q_shorter_tiles_32x16": {"block_m": 32, "block_n": 16},
     "mqa_causal_cross_padded_tiles_16x32": {"block_m": 16, "block_n": 32},
 }
@@ -76,6 +78,7 @@ def _interpreted_errors() -> dict[str, dict[str, float]]:
         pairs = {"out": (out, expected), "dq": (q.grad, q64.grad), "dk": (k.grad, k64.grad), "dv": (v.grad, v64.grad)}
         errors[case] = {label: normalised_max_error(got, want) for label, (got, want) in pairs.items()}
         errors[case]["out_shape_dtype_ok"] = float(out.shape == q.shape and out.dtype == q.dtype)
+        errors[case]["kernel"] = impl.kernel
     return errors
 
 
@@ -101,6 +104,9 @@ def test_interpreted_kernels_match_oracle(interpreted_errors: dict, case: str) -
 
     errors = dict(interpreted_errors[case])
     assert errors.pop("out_shape_dtype_ok") == 1.0
+    kernel = errors.pop("kernel")
+    if case == "automatic_tiles_causal_gqa":  # the interpreter's forward tiles, float32's backward tiles
+        assert kernel == "fwd 64x64 w4 s3; dkdv 32x64 w4 s2; dq 64x32 w4 s2"
     tolerance = TOLERANCES[CASES[case].get("dtype", "float32")]
     for label, error in errors.items():
         assert error <= tolerance, f"{case}: {label} off by {error:.2e} (tolerance {tolerance:.0e})"
@@ -141,6 +147,36 @@ def test_bad_hyperparameter_is_one_line_error(monkeypatch: pytest.MonkeyPatch, f
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(z.HyperparameterError, match=f"^triton_flash {field}={value} is invalid: [^\n]*$"):
         z.get("triton_flash").build(z.Problem(q_len=8), **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("hparams", "message"),
+    [
+        ({"block_m": 64}, "^block_m=64 and block_n=0 are invalid: set both, or both 0$"),
+        ({"num_warps": 8}, "^num_warps=8 and num_stages=0 are invalid with automatic tiles: [^\n]*$"),
+    ],
+)
+def test_automatic_tiles_are_all_or_nothing(monkeypatch: pytest.MonkeyPatch, hparams: dict, message: str) -> None:
+    import attention_zoo as z
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(z.HyperparameterError, match=message):
+        z.get("triton_flash").build(z.Problem(q_len=8), **hparams)
+
+
+def test_autotuned_forward_tiles_are_hopper_sane() -> None:
+    """Triton's tutorial prunes 8 warps on tiles under 128 x 128 on sm90 (BLOCK_M=128 x BLOCK_N=64 x 8 warps
+    at D=128 was this entry's old default); the autotuner is keyed on the sequence lengths and head dim."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    code = (
+        "import attention_zoo.triton_flash_kernels as k; "
+        "assert all(w == 4 or m * n >= 128 * 128 for m, n, w, s in k.FORWARD_TILES), k.FORWARD_TILES; "
+        "assert {'q_len', 'kv_len', 'HEAD_DIM'} <= set(k.AUTOTUNE_KEY); print(len(k.FORWARD_TILES))"
+    )
+    child = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert int(child.stdout) >= 4
 
 
 def test_importing_attention_zoo_does_not_import_the_kernels() -> None:
