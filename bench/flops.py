@@ -22,6 +22,12 @@ def cell_flops(cell: Cell) -> float:
     return entry.flops(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
 
 
+def cell_flops_executed(cell: Cell) -> float:
+    """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
+    entry = attention_zoo.get(cell.impl)
+    return entry.flops_executed(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+
+
 def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
     """FLOP/s of a square matmul on the device and dtype: median of GEMM_SAMPLES after a warm-up."""
     problem = Problem(dtype=dtype, device=device)  # validates the pair and maps the dtype name
