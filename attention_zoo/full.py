@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -43,7 +45,12 @@ class FullAttention(Attention):
         return (probs @ v.to(compute)).view(q.shape).to(q.dtype)
 
 
-@register(family="full", exact=True, time="N^2", memory="N^2")
+def rectangle_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Executed forward FLOPs of materialising every score: all Nq x Nk pairs, masked ones included."""
+    return 4.0 * problem.batch * problem.q_heads * problem.head_dim * problem.q_len * problem.kv_len
+
+
+@register(family="full", exact=True, time="N^2", memory="N^2", flops_executed=rectangle_flops)
 def full(problem: Problem) -> Attention:
     """Textbook softmax(QK^T/sqrt(d) + mask) V with the N x N scores materialised."""
     return FullAttention(problem)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attention_zoo.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
@@ -81,7 +82,14 @@ def _backend_availability(backend: SDPBackend):
     return availability
 
 
-@register(family="full", exact=True, time="N^2", memory="N^2", availability=_backend_availability(SDPBackend.MATH))
+@register(
+    family="full",
+    exact=True,
+    time="N^2",
+    memory="N^2",
+    flops_executed=rectangle_flops,
+    availability=_backend_availability(SDPBackend.MATH),
+)
 def sdpa_math(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its math backend (unfused, materialises the scores)."""
     return PinnedSDPA(problem, SDPBackend.MATH)

@@ -42,6 +42,12 @@ def gemm_size(device: str) -> int:
     return size
 
 
+def cell_flops_executed(cell: Cell) -> float:
+    """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
+    entry = attention_zoo.get(cell.impl)
+    return entry.flops_executed(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+
+
 def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
     """FLOP/s of a square matmul on the device and dtype: the median of flushed samples after a warm-up."""
     problem = Problem(dtype=dtype, device=device)  # validates the pair and maps the dtype name

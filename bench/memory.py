@@ -106,7 +106,8 @@ def predict_bytes(cell: Cell, memory_exponent: float) -> int:
     io_bytes = (q_and_out + k_and_v) * itemsize * (1 if cell.mode == "fwd" else 2)  # with gradients
     scores = p.batch * p.q_heads * p.q_len * p.kv_len
     if memory_exponent >= 2:
-        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * itemsize + io_bytes
+        # scores are kept in the compute dtype: float32 for half-precision inputs
+        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * p.compute_dtype.itemsize + io_bytes
     else:
         work_bytes = LINEAR_MEMORY_FACTOR * io_bytes
     # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v

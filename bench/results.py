@@ -42,7 +42,7 @@ MEASURED_COLUMNS = [
     "status", "reason",
     "setup_ms", "time_ms_median", "time_ms_iqr", "time_ms_min", "time_ms_samples", "n_samples", "noisy",
     "peak_bytes", "predicted_bytes", "kernel",
-    "flops", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm",
+    "flops", "flops_executed", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm", "pct_of_gemm_executed",
     "error_rel_l2", "error_max_abs",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
     *DEVICE_COLUMNS,

@@ -22,7 +22,7 @@ import attention_zoo
 from bench import cases, results
 from bench.environment import environment
 from bench.errors import BenchConfigError
-from bench.flops import cell_flops
+from bench.flops import cell_flops, cell_flops_executed
 from bench.locks import timing_lock
 from bench.memory import available_bytes, predict_bytes
 from bench.worker import Worker
@@ -96,11 +96,14 @@ def _now() -> str:
 
 
 def _with_flops(row: dict[str, Any], cell: cases.Cell, gemm_flop_per_s: float) -> dict[str, Any]:
-    flops = cell_flops(cell)
+    """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
+    flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
     seconds = row.get("time_ms_median", math.nan) / 1e3
     flop_per_s = flops / seconds if seconds > 0 else math.nan
-    return {**row, "flops": flops, "flop_per_s": flop_per_s, "gemm_flop_per_s": gemm_flop_per_s,
-            "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s}  # fmt: skip
+    executed_per_s = flops_executed / seconds if seconds > 0 else math.nan
+    return {**row, "flops": flops, "flops_executed": flops_executed, "flop_per_s": flop_per_s,
+            "gemm_flop_per_s": gemm_flop_per_s, "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s,
+            "pct_of_gemm_executed": 100 * executed_per_s / gemm_flop_per_s}  # fmt: skip
 
 
 def summary_table(rows: pd.DataFrame) -> str:

@@ -102,3 +102,65 @@ def test_entry_point_plugin_adds_an_entry(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_approximate_entry_without_flops_is_an_error_naming_it() -> None:
+    def linear_sketch(problem: z.Problem) -> z.Attention:
+        """An approximate entry that forgot its FLOP count."""
+
+    with pytest.raises(ValueError, match=r"^linear_sketch is approximate \(exact=False\), so it must declare flops="):
+        z.register(family="kernel", exact=False, time="N", memory="N")(linear_sketch)
+    assert "linear_sketch" not in z.list_impls()
+
+
+def test_a_cuda_problem_without_cuda_gets_the_registry_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.cases
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    problem = z.Problem(q_len=8, head_dim=16, device="cuda")
+    for name in ("full", "blockwise", "sliding_window", "performer", "sdpa_flash"):
+        assert (
+            z.get(name).unsupported_reason(problem)
+            == f"{name} cannot run on cuda: CUDA is not available in this process"
+        )
+    cell = bench.cases.Cell(impl="linformer", problem=problem, mode="fwd", hparams={}, padding=0.0)
+    assert bench.cases.unsupported_reason(cell) == "linformer cannot run on cuda: CUDA is not available in this process"
+
+
+def test_a_missing_cuda_device_index_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    reason = z.get("full").unsupported_reason(z.Problem(q_len=8, device="cuda:1"))
+    assert reason == "full cannot run on cuda:1: this process sees 1 CUDA device(s), so cuda:1 does not exist"
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams", "problem"),
+    [
+        ("full", {}, z.Problem(q_len=100, causal=True)),
+        ("blockwise", {"q_tile": 32, "k_tile": 32}, z.Problem(q_len=100, causal=True)),
+        ("sliding_window", {"window": 16}, z.Problem(q_len=100)),
+        ("window_global", {"window": 16, "global_tokens": 4}, z.Problem(q_len=100)),
+        ("transformer_xl", {"segment_len": 32, "mem_len": 16}, z.Problem(q_len=100, causal=True)),
+    ],
+)
+def test_flops_count_useful_work_and_flops_executed_the_waste(name: str, hparams: dict, problem: z.Problem) -> None:
+    entry = z.get(name)
+    useful, executed = entry.flops(problem, **hparams), entry.flops_executed(problem, **hparams)
+    assert useful < executed
+    assert entry.flops(problem, "backward", **hparams) == 2.5 * useful
+    assert entry.flops_executed(problem, "backward", **hparams) == 2.5 * executed
+
+
+def test_exact_flops_are_the_attended_pairs_and_full_executes_the_whole_rectangle() -> None:
+    problem = z.Problem(batch=2, q_heads=2, q_len=10, kv_len=12, head_dim=8, causal=True, kv_valid_lens=(12, 5))
+    # query i sees keys j <= i + 2 among the valid ones: sequence 0 has 3..12 keys, sequence 1 has min(., 5)
+    pairs = sum(min(i + 3, valid) for valid in (12, 5) for i in range(10))
+    assert z.get("blockwise").flops(problem) == 4 * 2 * 8 * pairs
+    assert z.get("full").flops_executed(problem) == 4 * 2 * 8 * 2 * 10 * 12
+
+
+def test_sliding_window_useful_flops_are_the_pairs_in_its_band() -> None:
+    problem = z.Problem(batch=1, q_heads=1, q_len=20, head_dim=4)
+    pairs = sum(min(i + 3, 19) - max(i - 3, 0) + 1 for i in range(20))  # |j - i| <= 3, inside 0..19
+    assert z.get("sliding_window").flops(problem, window=3) == 4 * 4 * pairs
