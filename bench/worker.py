@@ -47,6 +47,9 @@ def _die_with_parent(parent_pid: int) -> None:
 def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -> None:
     """The worker's loop: receive (task, args), reply ("ok", value) or (status, reason) until the pipe closes."""
     _die_with_parent(parent_pid)
+    # a SIGTERM sent to the whole job (SLURM's scancel and time limit, a kill of the process group) is the
+    # runner's to handle: dying of it first would make the runner record the cell in flight as failed
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     for module in imports:
         importlib.import_module(module)

@@ -1,4 +1,4 @@
-"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang.
+"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang, wait at a gate.
 
 Imported by the runner and the worker through the config's `imports`; tests unregister them afterwards.
 """
@@ -29,11 +29,22 @@ def hog_memory() -> None:
     del held
 
 
+GATE_ENV = "BENCH_TEST_GATE"
+
+
+def wait_at_gate() -> None:
+    """Wait while the file named by $BENCH_TEST_GATE exists: a test holds a job mid-run, then lets it finish."""
+    gate = os.environ.get(GATE_ENV)
+    while gate and os.path.exists(gate):
+        time.sleep(0.1)
+
+
 BEHAVIOURS = {
     "_bench_test_exit": lambda: os._exit(3),
     "_bench_test_sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
     "_bench_test_hog": hog_memory,
     "_bench_test_hang": lambda: time.sleep(60),
+    "_bench_test_gated": wait_at_gate,
 }
 
 

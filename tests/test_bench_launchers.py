@@ -47,29 +47,39 @@ def submitit_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
-def test_a_sweep_split_into_submitit_jobs_merges_into_the_cells_of_one_process(submitit_sweep, tmp_path):
-    merged = results.load(submitit_sweep)
-    single = run(compose_config([*TINY, "sweep.seq_lens=[32,64]", f"timing_lock={tmp_path / 'lock'}"]), tmp_path, "one")
+def assert_same_cells(merged: pd.DataFrame, single: pd.DataFrame) -> None:
+    """The rows of a sweep split into jobs are the cells of the same sweep run in one process."""
 
     def cells(rows: pd.DataFrame) -> pd.DataFrame:
         return rows[CELL_COLUMNS].sort_values("cell_id", ignore_index=True)
 
     pd.testing.assert_frame_equal(cells(merged), cells(single))
+
+
+def assert_measured_one_after_the_other(sweep_dir: Path) -> None:
+    """Two jobs started at once: one waited for the timing lock, and no two measured at the same time."""
+    rows = results.load(sweep_dir)
+    assert rows["exclusive"].all()
+    spans = rows.assign(start=pd.to_datetime(rows["started"]), end=pd.to_datetime(rows["timestamp"]))
+    spans = spans.groupby("job_id").agg(start=("start", "min"), end=("end", "max")).sort_values("start")
+    assert spans["start"].iloc[1] >= spans["end"].iloc[0]  # the second job began measuring after the first ended
+    assert summary.concurrent_measurements(rows).empty
+    job_logs = [path.read_text() for path in sweep_dir.glob(".submitit/*/*_log.out")]
+    # and they did start at once: one of them waited for the lock
+    assert len(job_logs) == 2 and any("waiting for the timing lock" in log for log in job_logs)
+
+
+def test_a_sweep_split_into_submitit_jobs_merges_into_the_cells_of_one_process(submitit_sweep, tmp_path):
+    merged = results.load(submitit_sweep)
+    single = run(compose_config([*TINY, "sweep.seq_lens=[32,64]", f"timing_lock={tmp_path / 'lock'}"]), tmp_path, "one")
+    assert_same_cells(merged, single)
     assert len(merged) == 4 and (merged["status"] == "ok").all()
     assert sorted(zip(merged["job_id"], merged["seq_len"], strict=True)) == [("0", 32), ("0", 32), ("1", 64), ("1", 64)]
     assert (merged["run_id"] == submitit_sweep.name).all() and (merged["hostname"] != "").all()
 
 
 def test_jobs_started_at_once_measure_one_after_the_other(submitit_sweep):
-    rows = results.load(submitit_sweep)
-    assert rows["exclusive"].all()
-    spans = rows.assign(start=pd.to_datetime(rows["started"]), end=pd.to_datetime(rows["timestamp"]))
-    spans = spans.groupby("job_id").agg(start=("start", "min"), end=("end", "max")).sort_values("start")
-    assert spans["start"].iloc[1] >= spans["end"].iloc[0]  # the second job began measuring after the first ended
-    assert summary.concurrent_measurements(rows).empty
-    job_logs = [path.read_text() for path in submitit_sweep.glob(".submitit/*/*_log.out")]
-    # and they did start at once: one of them waited for the lock
-    assert len(job_logs) == 2 and any("waiting for the timing lock" in log for log in job_logs)
+    assert_measured_one_after_the_other(submitit_sweep)
 
 
 def test_report_over_the_sweep_folder_merges_the_jobs_and_warns_about_concurrent_ones(submitit_sweep, tmp_path):
