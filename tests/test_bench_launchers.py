@@ -147,13 +147,36 @@ def test_a_second_writer_into_a_folder_in_use_fails_without_touching_it(tmp_path
     assert results.RowWriter(tmp_path, [], ["a"]).done_cell_ids == {"a"}  # closed: free to resume
 
 
-def test_the_slurm_preset_composes_onto_submitit_slurm():
+@pytest.mark.parametrize(("preset", "gpus"), [("slurm_gpu", 1), ("slurm_cpu", None)])
+def test_the_slurm_presets_compose_onto_submitit_slurm(preset, gpus):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose("config", [f"hydra/launcher={preset}", "hydra.launcher.partition=p"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 120)
+    assert launcher._target_ == "hydra_plugins.bench_slurm_launcher.BenchSlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("p", gpus, 120)
+    assert launcher.signal_delay_s == 0  # no early warning: a job past its limit is recorded as TIMEOUT
+
+
+def test_resume_through_a_launcher_takes_only_hydra_overrides_and_run_folders(tmp_path, capsys):
+    done = run(compose_config([*TINY, "sweep.seq_lens=[32]", "timing_lock=null"]), tmp_path / "0", "sweep", "0")
+    for argv, message in [
+        ([f"resume={tmp_path / '0'}", "sweep.heads=4"], "drop the overrides ['sweep.heads=4']"),
+        ([f"resume={tmp_path / '0'},{tmp_path / '1'}"], f"resume={tmp_path / '1'} is not a run folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-m", "hydra/launcher=submitit_local", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+    # Hydra's default launcher: one job per folder in this process, into the folder, from its saved config
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bench", "-m", f"resume={tmp_path / '0'}"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = results.load(tmp_path / "0")
+    assert list(again["started"]) == list(done["started"]) and not (tmp_path / "0" / "0").exists()
+    assert (tmp_path / ".resume" / "multirun.yaml").exists()
 
 
 def test_an_unknown_launcher_exits_2_with_one_line_naming_the_options(capsys):
