@@ -62,20 +62,33 @@ install() {
 stop() {
     [ -f "$DIR/pids" ] || return 0
     if [ -f "$DIR/slurm.conf" ] && command -v scancel >/dev/null; then
-        SLURM_CONF=$DIR/slurm.conf timeout 10 scancel --user=root >/dev/null 2>&1 || true
-    fi
-    # the reverse of the start order; each one gets 10 s to exit after SIGTERM, then SIGKILL
-    local name pid
-    tac "$DIR/pids" | while read -r name pid; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -KILL "$pid" 2>/dev/null; then
-            echo "local_slurm: killed $name ($pid) after 10 s" >&2
+        # the jobs first, so that no slurmstepd is left behind; up to 15 s for them to end
+        export SLURM_CONF=$DIR/slurm.conf
+        if timeout 10 scancel --user=root >/dev/null 2>&1; then
+            for _ in $(seq 75); do
+                [ -n "$(timeout 5 squeue --noheader 2>/dev/null)" ] || break
+                sleep 0.2
+            done
         fi
+    fi
+    # the daemons all at once (each takes about 2 s to shut down); whatever still runs after 10 s gets SIGKILL
+    local name pid alive
+    while read -r name pid; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done <"$DIR/pids"
+    for _ in $(seq 50); do
+        alive=0
+        while read -r name pid; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done <"$DIR/pids"
+        [ $alive = 1 ] || break
+        sleep 0.2
     done
+    while read -r name pid; do
+        if kill -KILL "$pid" 2>/dev/null; then
+            echo "local_slurm: killed $name ($pid), still running 10 s after SIGTERM" >&2
+        fi
+    done <"$DIR/pids"
     rm -f "$DIR/pids"
 }
 
