@@ -13,6 +13,7 @@ Without the `cluster` extra (hydra-submitit-launcher) it defines nothing.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict
 
 STATE_POLL_MIN_S, STATE_POLL_MAX_S = 5.0, 60.0  # how often sacct is asked: a tenth of the wait, within these
+KILL_WAIT_MAX_S = 300.0  # how long stopped jobs may take to leave their node
 
 
 def _one_line(error: BaseException) -> str:
@@ -39,6 +41,7 @@ if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             jobs = self._submit(job_overrides, initial_job_idx)
             _wait_for_all(jobs)
+            _wait_until_off_the_node(jobs)
             returns, unfinished = [], []
             for number, (job, overrides) in enumerate(zip(jobs, job_overrides, strict=True), start=initial_job_idx):
                 outcome = _outcome(job)
@@ -118,6 +121,22 @@ def _wait_for_all(jobs: list[Any]) -> None:
         if now - last_poll >= min(STATE_POLL_MAX_S, max(STATE_POLL_MIN_S, (now - start) / 10)):
             jobs[0].watcher.update()  # one sacct call for all of them (submitit's own back-off waits far longer)
             last_poll = now
+
+
+def _wait_until_off_the_node(jobs: list[Any]) -> None:
+    """Until squeue no longer lists the jobs (at most KILL_WAIT_MAX_S).
+
+    sacct records a cancelled or timed-out job as such at once, while its processes still run for
+    SLURM's KillWait (SIGTERM, then SIGKILL) and may finish a cell; its folder is free to resume
+    only once they are gone.
+    """
+    deadline = time.monotonic() + KILL_WAIT_MAX_S
+    command = ["squeue", "--noheader", "--format=%i", f"--jobs={','.join(job.job_id for job in jobs)}"]
+    while time.monotonic() < deadline:
+        listed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if listed.returncode != 0 or not listed.stdout.strip():  # squeue refuses ids it no longer knows
+            return
+        time.sleep(1)
 
 
 def _outcome(job: Any) -> Any:
