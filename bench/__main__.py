@@ -31,6 +31,7 @@ from bench.config import CONF_DIR, BenchConfig, compose_config, register_configs
 from bench.errors import USER_ERRORS, BenchConfigError, exit_on_user_error, one_line
 from bench.locks import claim_folder
 from bench.results import read_rows_csv
+from bench.resume_sweep import resume_sweep
 from bench.run import CONFIG_YAML, ENVIRONMENT_JSON, RunInterrupted, config_fingerprint, run
 
 PROG = "bench"
@@ -132,16 +133,12 @@ def _load_saved(path: Path, load: typing.Callable[[str], Any], what: str) -> Any
     return saved
 
 
-def resume(overrides: list[str]) -> None:
-    """Re-run a run folder's saved config into the same folder, skipping the cells it already holds.
+def saved_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's saved config (checked: it is the run's own and expands into cells) and saved environment.
 
     Refused, with nothing changed, when the folder's config is missing, empty, damaged or not the one
     the run wrote (environment.json's fingerprint, or rows of cells the config does not have).
     """
-    run_dir = Path(next(o for o in overrides if o.startswith("resume=")).split("=", 1)[1])
-    others = [o for o in overrides if not o.startswith("resume=")]
-    if others:
-        raise BenchConfigError(f"resume re-runs the saved config unchanged: drop the other overrides {others}")
     saved_config = _load_saved(run_dir / CONFIG_YAML, yaml.safe_load, "a bench config")
     saved = _load_saved(run_dir / ENVIRONMENT_JSON, json.loads, "a run's environment record")
     try:
@@ -165,7 +162,17 @@ def resume(overrides: list[str]) -> None:
                 f"{run_dir / CONFIG_YAML} is not this run's config: {len(foreign)} cell(s) in rows.csv are not in it; "
                 "the run cannot be resumed"
             )
-    run(plain, run_dir, saved["run_id"], saved["job_id"])
+    return plain, saved
+
+
+def resume(overrides: list[str]) -> None:
+    """Re-run a run folder's saved config into the same folder, skipping the cells it already holds."""
+    run_dir = Path(next(o for o in overrides if o.startswith("resume=")).split("=", 1)[1])
+    others = [o for o in overrides if not o.startswith("resume=")]
+    if others:
+        raise BenchConfigError(f"resume re-runs the saved config unchanged: drop the other overrides {others}")
+    cfg, saved = saved_run(run_dir)
+    run(cfg, run_dir, saved["run_id"], saved["job_id"])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -174,7 +181,9 @@ def hydra_main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with exit_on_user_error(PROG):
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if cfg.resume:  # a job of `-m ... resume=<folder>,...`: the folder's saved config, into the folder
+            resume([f"resume={cfg.resume}"])
+        elif hydra_cfg.mode == RunMode.MULTIRUN:
             run(cfg, run_dir, run_id=run_dir.parent.name, job_id=str(hydra_cfg.job.num))
         else:
             run(cfg, run_dir, run_id=run_dir.name)
@@ -183,7 +192,9 @@ def hydra_main(cfg: DictConfig) -> None:
 def main(argv: list[str]) -> None:
     """Check the overrides (or resume a run), then hand over to Hydra; a user error exits 2 with one line.
 
-    Ctrl-C stops the run with one line saying how to finish it (exit 130).
+    Ctrl-C stops the run with one line saying how to finish it (exit 130). `resume=<folder>` runs in this
+    process; with -m, `resume=<folder>,<folder>...` resumes each folder as one job through the launcher
+    named (bench/resume_sweep.py).
     """
     # hyperparameters are an open dict (impl -> name -> value): `++` adds a key or replaces it, so that
     # `impls.hparams.performer.num_features=[64,128]` works whether or not the preset already sets it
@@ -192,10 +203,15 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
     try:
         with exit_on_user_error(PROG):
-            if any(o.startswith("resume=") for o in overrides):
-                resume(overrides)
+            if any(o.startswith("resume=") for o in overrides) and not multirun:
+                resume(overrides)  # in this process
                 return
-            if not any(o.startswith("-") for o in overrides):  # Hydra's own flags (--help, --cfg ...) pass through
+            if any(o.startswith("resume=") for o in overrides):  # one job per folder, through the launcher
+                overrides, folders = resume_sweep(overrides)
+                argv = [MULTIRUN_FLAGS[0], *overrides]
+                for folder in folders:
+                    saved_run(folder)
+            elif not any(o.startswith("-") for o in overrides):  # Hydra's own flags (--help, --cfg ...) pass through
                 check(overrides, multirun)
         sys.argv[1:] = argv  # Hydra reads its overrides from sys.argv
         hydra_main()

@@ -88,6 +88,13 @@ def git_commit() -> str:
         return ""
 
 
+def slurm_job_id() -> str:
+    """The SLURM job this runs in, as squeue, sacct and scancel name it: `<array job>_<task>` in a job array."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
 def environment(threads: int) -> dict[str, Any]:
     """The environment columns shared by every row of a run (device_name and the times are per row)."""
     return {
@@ -96,5 +103,5 @@ def environment(threads: int) -> dict[str, Any]:
         "threads": threads,
         "git_commit": git_commit(),
         "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # links the rows to the cluster's job logs
+        "slurm_job_id": slurm_job_id(),  # links the rows to the cluster's job logs
     }

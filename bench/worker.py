@@ -77,6 +77,9 @@ def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -
     """The worker's loop: receive (task, args), reply ("ok", value) or (status, reason) until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    # a SIGTERM sent to the whole job (SLURM's scancel and time limit, a kill of the process group) is the
+    # runner's to handle: dying of it first would make the runner record the cell in flight as failed
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     for module in imports:
         importlib.import_module(module)

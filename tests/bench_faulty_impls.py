@@ -1,4 +1,5 @@
-"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang, break CUDA.
+"""Test-only entries that misbehave inside the bench worker: exit, get killed, hog memory, hang, break CUDA,
+wait at a gate.
 
 Imported by the runner and the worker through the config's `imports`; tests unregister them afterwards.
 """
@@ -45,6 +46,16 @@ def needs_working_cuda_context() -> None:
         raise RuntimeError("CUDA error: this worker's context was broken by an earlier cell")
 
 
+GATE_ENV = "BENCH_TEST_GATE"
+
+
+def wait_at_gate() -> None:
+    """Wait while the file named by $BENCH_TEST_GATE exists: a test holds a job mid-run, then lets it finish."""
+    gate = os.environ.get(GATE_ENV)
+    while gate and os.path.exists(gate):
+        time.sleep(0.1)
+
+
 BEHAVIOURS = {
     "_bench_test_exit": lambda: os._exit(3),
     "_bench_test_sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
@@ -53,6 +64,7 @@ BEHAVIOURS = {
     "_bench_test_needs_cuda": needs_working_cuda_context,
     "_bench_test_hog": hog_memory,
     "_bench_test_hang": lambda: time.sleep(60),
+    "_bench_test_gated": wait_at_gate,
 }
 
 

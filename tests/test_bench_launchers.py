@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from bench import report, results, summary
 from bench.__main__ import main
-from bench.cases import BenchConfigError
 from bench.config import CONF_DIR, compose_config, register_configs
+from bench.errors import BenchConfigError
 from bench.locks import timing_lock
 from bench.run import run
 
@@ -47,29 +47,39 @@ def submitit_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
-def test_a_sweep_split_into_submitit_jobs_merges_into_the_cells_of_one_process(submitit_sweep, tmp_path):
-    merged = results.load(submitit_sweep)
-    single = run(compose_config([*TINY, "sweep.seq_lens=[32,64]", f"timing_lock={tmp_path / 'lock'}"]), tmp_path, "one")
+def assert_same_cells(merged: pd.DataFrame, single: pd.DataFrame) -> None:
+    """The rows of a sweep split into jobs are the cells of the same sweep run in one process."""
 
     def cells(rows: pd.DataFrame) -> pd.DataFrame:
         return rows[CELL_COLUMNS].sort_values("cell_id", ignore_index=True)
 
     pd.testing.assert_frame_equal(cells(merged), cells(single))
+
+
+def assert_measured_one_after_the_other(sweep_dir: Path) -> None:
+    """Two jobs started at once: one waited for the timing lock, and no two measured at the same time."""
+    rows = results.load(sweep_dir)
+    assert rows["exclusive"].all()
+    spans = rows.assign(start=pd.to_datetime(rows["started"]), end=pd.to_datetime(rows["timestamp"]))
+    spans = spans.groupby("job_id").agg(start=("start", "min"), end=("end", "max")).sort_values("start")
+    assert spans["start"].iloc[1] >= spans["end"].iloc[0]  # the second job began measuring after the first ended
+    assert summary.concurrent_measurements(rows).empty
+    job_logs = [path.read_text() for path in sweep_dir.glob(".submitit/*/*_log.out")]
+    # and they did start at once: one of them waited for the lock
+    assert len(job_logs) == 2 and any("waiting for the timing lock" in log for log in job_logs)
+
+
+def test_a_sweep_split_into_submitit_jobs_merges_into_the_cells_of_one_process(submitit_sweep, tmp_path):
+    merged = results.load(submitit_sweep)
+    single = run(compose_config([*TINY, "sweep.seq_lens=[32,64]", f"timing_lock={tmp_path / 'lock'}"]), tmp_path, "one")
+    assert_same_cells(merged, single)
     assert len(merged) == 4 and (merged["status"] == "ok").all()
     assert sorted(zip(merged["job_id"], merged["seq_len"], strict=True)) == [("0", 32), ("0", 32), ("1", 64), ("1", 64)]
     assert (merged["run_id"] == submitit_sweep.name).all() and (merged["hostname"] != "").all()
 
 
 def test_jobs_started_at_once_measure_one_after_the_other(submitit_sweep):
-    rows = results.load(submitit_sweep)
-    assert rows["exclusive"].all()
-    spans = rows.assign(start=pd.to_datetime(rows["started"]), end=pd.to_datetime(rows["timestamp"]))
-    spans = spans.groupby("job_id").agg(start=("start", "min"), end=("end", "max")).sort_values("start")
-    assert spans["start"].iloc[1] >= spans["end"].iloc[0]  # the second job began measuring after the first ended
-    assert summary.concurrent_measurements(rows).empty
-    job_logs = [path.read_text() for path in submitit_sweep.glob(".submitit/*/*_log.out")]
-    # and they did start at once: one of them waited for the lock
-    assert len(job_logs) == 2 and any("waiting for the timing lock" in log for log in job_logs)
+    assert_measured_one_after_the_other(submitit_sweep)
 
 
 def test_report_over_the_sweep_folder_merges_the_jobs_and_warns_about_concurrent_ones(submitit_sweep, tmp_path):
@@ -137,13 +147,36 @@ def test_a_second_writer_into_a_folder_in_use_fails_without_touching_it(tmp_path
     assert results.RowWriter(tmp_path, [], ["a"]).done_cell_ids == {"a"}  # closed: free to resume
 
 
-def test_the_slurm_preset_composes_onto_submitit_slurm():
+@pytest.mark.parametrize(("preset", "gpus"), [("slurm_gpu", 1), ("slurm_cpu", None)])
+def test_the_slurm_presets_compose_onto_submitit_slurm(preset, gpus):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose("config", [f"hydra/launcher={preset}", "hydra.launcher.partition=p"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 120)
+    assert launcher._target_ == "hydra_plugins.bench_slurm_launcher.BenchSlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("p", gpus, 120)
+    assert launcher.signal_delay_s == 0  # no early warning: a job past its limit is recorded as TIMEOUT
+
+
+def test_resume_through_a_launcher_takes_only_hydra_overrides_and_run_folders(tmp_path, capsys):
+    done = run(compose_config([*TINY, "sweep.seq_lens=[32]", "timing_lock=null"]), tmp_path / "0", "sweep", "0")
+    for argv, message in [
+        ([f"resume={tmp_path / '0'}", "sweep.heads=4"], "drop the overrides ['sweep.heads=4']"),
+        ([f"resume={tmp_path / '0'},{tmp_path / '1'}"], f"resume={tmp_path / '1'} is not a run folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-m", "hydra/launcher=submitit_local", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+    # Hydra's default launcher: one job per folder in this process, into the folder, from its saved config
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bench", "-m", f"resume={tmp_path / '0'}"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = results.load(tmp_path / "0")
+    assert list(again["started"]) == list(done["started"]) and not (tmp_path / "0" / "0").exists()
+    assert (tmp_path / ".resume" / "multirun.yaml").exists()
 
 
 def test_an_unknown_launcher_exits_2_with_one_line_naming_the_options(capsys):
