@@ -7,11 +7,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
 import attention_zoo as z
+from attention_zoo import registry
 from attention_zoo.registry import Complexity
+from attention_zoo.rules import AtLeast, AtMost
 
 
 def test_unknown_name_lists_close_matches_and_all_names() -> None:
@@ -164,3 +167,33 @@ def test_sliding_window_useful_flops_are_the_pairs_in_its_band() -> None:
     problem = z.Problem(batch=1, q_heads=1, q_len=20, head_dim=4)
     pairs = sum(min(i + 3, 19) - max(i - 3, 0) + 1 for i in range(20))  # |j - i| <= 3, inside 0..19
     assert z.get("sliding_window").flops(problem, window=3) == 4 * 4 * pairs
+
+
+def test_every_hyperparameter_declares_its_type_and_its_default_obeys_its_rules() -> None:
+    for name in z.list_impls():
+        entry = z.get(name)
+        for key, declared in entry.declared.items():
+            assert declared.types, f"{name} {key} has no annotated type"
+        entry.resolve_hparams(problem=z.Problem(q_len=8))
+
+
+def test_rules_are_read_from_postponed_annotations_and_checked_at_registration() -> None:
+    # this module has `from __future__ import annotations`: the annotations below are strings until read
+    def builder(problem: z.Problem, *, width: Annotated[float, AtLeast(0.5), AtMost(2)] = 1.0) -> z.Attention:
+        raise AssertionError("never built here")
+
+    def broken(problem: z.Problem, *, width: Annotated[int, AtLeast(1)] = 0) -> z.Attention:
+        raise AssertionError("never built")
+
+    z.register(family="full", exact=True, time="N^2", memory="N^2", name="_rule_test")(builder)
+    try:
+        assert z.get("_rule_test").resolve_hparams({"width": 2}) == {"width": 2}
+        with pytest.raises(z.HyperparameterError, match=r"^_rule_test width=3 is invalid: it must be a number <= 2$"):
+            z.get("_rule_test").resolve_hparams({"width": 3})
+        with pytest.raises(
+            z.HyperparameterError, match=r"^_rule_broken width=0 is invalid: it must be an integer >= 1$"
+        ):
+            z.register(family="full", exact=True, time="N^2", memory="N^2", name="_rule_broken")(broken)
+    finally:
+        registry._REGISTRY.pop("_rule_test")
+    assert "_rule_broken" not in z.list_impls()
