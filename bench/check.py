@@ -32,7 +32,16 @@ import pandas as pd
 
 from bench import compare as comparing
 from bench.baseline import dirty_note, incomparable_line, refresh_baseline, require_clean_tree
-from bench.compare import AB_SIDES, CHECK_COLUMNS, Sides, Tolerances, compare, confirm, format_table
+from bench.compare import (
+    AB_SIDES,
+    CHECK_COLUMNS,
+    Sides,
+    Tolerances,
+    compare,
+    confirm,
+    format_table,
+    largest_changes,
+)
 from bench.environment import REPO
 from bench.errors import OneLineParser
 from bench.regression_suite import QUIET_MARGIN, suite_machine
@@ -342,6 +351,8 @@ def verdict(
         f"compared {len(table)} figures of {table['impl'].nunique()} entries ({n_cells} cells): time / ref, "
         "peak bytes, time and memory exponents in N, per entry and mode"
     ]
+    if not table.empty:
+        lines.append(f"largest changes: {largest_changes(table)}")
     if missing:
         lines += [f"could not compare {len(missing)}:"] + [f"  {line}" for line in missing]
     if suite_status:

@@ -226,3 +226,15 @@ def format_table(table: pd.DataFrame, first: str = "baseline") -> str:
         }
     )
     return shown.to_string(index=False, justify="left")
+
+
+def largest_changes(table: pd.DataFrame) -> str:
+    """The largest change of each check and where it was, e.g. "time / ref +2.3% (sliding_window fwd)"."""
+    parts = []
+    for check in ("time / ref", "peak bytes", "time exponent", "memory exponent"):
+        figures = table[(table["check"] == check) & table["change"].notna()]
+        if not figures.empty:
+            row = figures.loc[figures["change"].idxmax()]
+            change = f"{row['change']:+.2f}" if check.endswith("exponent") else f"{100 * row['change']:+.1f}%"
+            parts.append(f"{check} {change} ({row['impl']} {row['mode']})")
+    return ", ".join(parts)

@@ -111,6 +111,18 @@ def test_baseline_runs_are_pooled(tmp_path):
     assert np.array_equal(np.sort(first["ratio"]), np.sort(np.concatenate([run.iloc[0]["ratio"] for run in runs])))
 
 
+def test_a_run_without_the_memory_pass_leaves_the_peaks_to_the_others(tmp_path):
+    base = make_baseline(tmp_path, runs=2)
+    second = base / "benchmark-2.json"
+    saved = json.loads(second.read_text())
+    for bench in saved["benchmarks"]:
+        bench["extra_info"]["peak_bytes"] = None  # as --no-peaks writes it
+    second.write_text(json.dumps(saved))
+    pooled, _ = suite_runs.load_pooled(base)
+    first, _ = suite_runs.load_suite(base)
+    assert pooled["peak_bytes"].tolist() == first["peak_bytes"].astype(float).tolist()
+
+
 def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
     fresh = {"lin_a": HEALTHY["lin_a"], "quad": HEALTHY["quad"], "new_entry": HEALTHY["lin_a"]}
     status, out = _check(tmp_path, fresh, capsys)

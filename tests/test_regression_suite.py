@@ -53,6 +53,7 @@ def test_once_the_budget_is_spent_cells_are_timed_as_found(sleeps):
     [
         ("--rounds=0", "--rounds=0 is invalid: give a whole number of 1 or more"),
         ("--quiet-reference-ms=-2", "--quiet-reference-ms=-2.0 is invalid: give a time in ms > 0"),
+        ("--quiet-wait-s=-1", "--quiet-wait-s=-1.0 is invalid: give a time in s >= 0"),
     ],
 )
 def test_bad_suite_options_are_one_line(option, message):
