@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -65,20 +66,39 @@ class UnsupportedError(RuntimeError):
     """Building an entry for a problem it states it cannot run."""
 
 
+LOG_N = re.compile(r"log\(N\)(?:\^([0-9.]+))?")
+
+
 @dataclass(frozen=True)
 class Complexity:
-    """A declared complexity in the sequence length N, e.g. "N^2" or "N*w"."""
+    """A declared complexity in the sequence length N, e.g. "N^2", "N*w" or "N*log(N)"."""
 
     expr: str
 
     @property
     def exponent(self) -> float:
-        """The power of N the expression grows with (other symbols are constants)."""
-        powers = re.findall(r"N(?:\^([0-9.]+))?", self.expr)
+        """The power of N the expression grows with, log factors aside (other symbols are constants)."""
+        powers = re.findall(r"N(?:\^([0-9.]+))?", LOG_N.sub("", self.expr))
         return float(sum(float(p) if p else 1.0 for p in powers))
+
+    @property
+    def log_power(self) -> float:
+        """The power of log(N) beside N^exponent: 1 for "N*log(N)", 0 for a plain power law."""
+        return float(sum(float(p) if p else 1.0 for p in LOG_N.findall(self.expr)))
+
+    def slope(self, n_min: float, n_max: float) -> float:
+        """The log-log slope N^exponent * log(N)^log_power has between n_min and n_max: what a fit over them reads."""
+        if not self.log_power or n_max <= n_min:
+            return self.exponent
+        return self.exponent + self.log_power * log_slope(n_min, n_max)
 
     def __str__(self) -> str:
         return f"O({self.expr})"
+
+
+def log_slope(n_min: float, n_max: float) -> float:
+    """The log-log slope of log(N) between n_min and n_max (0.12 over 1k..16k): a log factor's share of a fit."""
+    return (math.log(math.log(n_max)) - math.log(math.log(n_min))) / (math.log(n_max) - math.log(n_min))
 
 
 FlopsFn = Callable[[Problem, Mapping[str, Any]], float]
@@ -110,6 +130,7 @@ class Entry:
     flops_fn: FlopsFn = _dense_flops
     availability: AvailabilityFn = _always_available
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
+    suite_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
 
     @property
@@ -175,9 +196,15 @@ def register(
     flops: FlopsFn = _dense_flops,
     availability: AvailabilityFn = _always_available,
     check_hparams: Mapping[str, Any] | None = None,
+    suite_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
-    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name."""
+    """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
+
+    check_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
+    suite_hparams the regression suite's (bench/regression_suite.py: N = 256..2048), where the suite's
+    sizes by hyperparameter name do not fit the entry.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
     for kind, values, allowed in (("feature", features, FEATURES), ("mode", modes, MODES)):
@@ -203,12 +230,14 @@ def register(
             flops_fn=flops,
             availability=availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
+            suite_hparams=MappingProxyType(dict(suite_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
         )
         hparams = entry.hparams  # fail at registration, not at run time, on a bad check_hparams key
-        unknown = set(entry.check_hparams) - set(hparams)
-        if unknown:
-            raise ValueError(f"{entry_name}: check_hparams {sorted(unknown)} are not hyperparameters")
+        for kind, given in (("check_hparams", entry.check_hparams), ("suite_hparams", entry.suite_hparams)):
+            unknown = set(given) - set(hparams)
+            if unknown:
+                raise ValueError(f"{entry_name}: {kind} {sorted(unknown)} are not hyperparameters")
         _REGISTRY[entry_name] = entry
         return builder
 

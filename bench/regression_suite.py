@@ -69,9 +69,10 @@ QUIET_WAIT_BUDGET_S = 45.0  # per run: then cells are timed however busy the mac
 
 
 def suite_hparams(impl: str) -> dict[str, Any]:
-    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them."""
-    defaults = attention_zoo.get(impl).hparams
-    return attention_zoo.get(impl).resolve_hparams({k: v for k, v in HPARAMS.items() if k in defaults})
+    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them
+    and, over those, the sizes the entry declares for the suite (register(suite_hparams=...))."""
+    entry = attention_zoo.get(impl)
+    return entry.resolve_hparams({**{k: v for k, v in HPARAMS.items() if k in entry.hparams}, **entry.suite_hparams})
 
 
 def _problem(impl: str, seq_len: int) -> Problem:
@@ -188,6 +189,8 @@ def measure(benchmark: Any, cell: Cell, peak_bytes: int, gate: QuietGate | None,
         hparams=dict(cell.hparams),
         declared_time_exponent=entry.time.exponent,
         declared_memory_exponent=entry.memory.exponent,
+        declared_time_complexity=entry.time.expr,
+        declared_memory_complexity=entry.memory.expr,
         reference_ms=reference_ms[-rounds:],  # the warm-up rounds' references come first
         peak_bytes=peak_bytes,
         waited_s=waited_s,

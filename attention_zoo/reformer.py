@@ -1,0 +1,216 @@
+"""Reformer's LSH attention (Kitaev et al. 2020): shared-QK attention within hash buckets, sorted and chunked.
+
+Shared QK: the keys are the queries, normalised, k_j = q_j / |q_j|; the k given to the call is
+ignored (only q and v are used). Scores are q_i . k_j, without a 1/sqrt(d) (the paper's and HF's
+convention: the keys have unit length). Then:
+- Hashing, `n_hashes` rounds: angular LSH by random rotations fixed at build time from `seed`, per
+  head and round, h(x) = argmax([x R; -x R]). The bucket count is f*f with f the even number nearest
+  sqrt(N / bucket_size) (at least 2): two factor hashes of f buckets, b = b1 + f*b2 (HF's and trax's
+  factorised hashing), so buckets hold bucket_size positions on average and hashing costs
+  O(N*sqrt(N/c)*d) rather than O(N^2/c*d). Hashes are computed in the entry's compute dtype and argmax
+  takes the first of tied maxima, so the float64 oracle, hashing the same values the same way, gets
+  the same buckets.
+- Sorting: the n_hashes*N (round, position) slots are sorted by (round, bucket, position), a total
+  order with no ties.
+- Chunks of `bucket_size` sorted slots (the last one padded) attend themselves and one chunk back; the
+  first chunk looks back at the last (wrapping over rounds, as HF and reformer-pytorch do). Duplicates
+  are not removed: a key reached k times weighs k times (reformer-pytorch's default, and HF's).
+- A position does not attend to itself unless it has nothing else (self gets -1e5, the rest -1e9 when
+  masked, as HF). Causal: keys after the query's position are masked. Padded keys are never attended;
+  a query with no valid key at all outputs zeros.
+- Each round's softmax is combined over rounds by its log-sum-exp: one softmax over everything the
+  query reached. Needs q_len == kv_len. Half precision computes in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.reference import dense_attention
+from attention_zoo.registry import check_positive, check_seed, register
+
+SELF_SCORE = -1e5  # a position's score for itself: wins only over masked keys
+MASKED_SCORE = -1e9
+DEAD_BELOW = -1e8  # a log-sum-exp below this came from masked keys only
+
+
+def bucket_factors(seq_len: int, bucket_size: int) -> list[int]:
+    """The two factor hashes' bucket counts: f, f with f the even number nearest sqrt(N / bucket_size), at least 2."""
+    f = max(2, 2 * round(math.sqrt(seq_len / bucket_size) / 2))
+    return [f, f]
+
+
+def hash_buckets(q: torch.Tensor, rotations: torch.Tensor, factors: list[int]) -> torch.Tensor:
+    """(B, H, N, d), rotations (H, d, n_hashes, sum(factors)/2) -> buckets (B, H, n_hashes, N) in [0, prod(factors))."""
+    rotated = torch.einsum("bhnd,hdrk->bhrnk", q, rotations)
+    buckets, start, product = 0, 0, 1
+    for f in factors:
+        part = rotated[..., start : start + f // 2]
+        buckets = buckets + product * torch.cat([part, -part], dim=-1).argmax(-1)
+        start, product = start + f // 2, product * f
+    return buckets
+
+
+def sorted_slots(buckets: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """(B, H, n_hashes, N) buckets -> (B, H, n_hashes*N): slot r*N + i at each sorted place, by (round, bucket, i)."""
+    n_hashes, n = buckets.shape[-2:]
+    rounds = torch.arange(n_hashes, device=buckets.device)[:, None]
+    key = ((rounds * num_buckets + buckets) * n + torch.arange(n, device=buckets.device)).flatten(-2)
+    return key.argsort(dim=-1)
+
+
+def lsh_dense(
+    q: torch.Tensor,
+    v: torch.Tensor,
+    order: torch.Tensor,
+    chunk: int,
+    scale: float,
+    causal: bool,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """LSH attention in float64 as one softmax over every key a query reached, each weighed by how often.
+
+    order (B, H, S): the slot (round*N + position) at each sorted place; key_valid bool (B, N). Keys are
+    the normalised queries; self only when nothing else is allowed.
+    """
+    q, v = q.double(), v.double()
+    n, places = q.shape[2], order.shape[-1]
+    chunk_of = torch.arange(places, device=q.device) // chunk
+    chunks = -(-places // chunk)
+    window = (chunk_of[:, None] == chunk_of[None, :]).double() + (
+        chunk_of[None, :] == (chunk_of[:, None] - 1) % chunks
+    ).double()  # (S, S): 2 where one chunk is its own look-back
+    item = F.one_hot(order % n, n).double()  # (B, H, S, N)
+    counts = item.transpose(-1, -2) @ window @ item  # (B, H, N, N)
+    allowed = (counts > 0) & key_valid[:, None, None, :]
+    if causal:
+        allowed &= torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    self_pair = torch.eye(n, dtype=torch.bool, device=q.device)
+    others = allowed & ~self_pair
+    only_self = ~others.any(-1, keepdim=True) & self_pair & key_valid[:, None, None, :]
+    keys = F.normalize(q, dim=-1)
+    return dense_attention(q, keys, v, others | only_self, scale, score_bias=counts.clamp_min(1).log())
+
+
+def ignored(k: torch.Tensor) -> torch.Tensor:
+    """0 as a function of k: added to the output, k's gradient is zeros (it has no effect), not missing."""
+    return k[..., :0].sum()
+
+
+class LSHAttention(Attention):
+    """Shared-QK LSH attention: hash, sort, chunked attention with one chunk of look-back, combined over rounds."""
+
+    def __init__(self, problem: Problem, n_hashes: int, bucket_size: int, seed: int) -> None:
+        super().__init__(problem)
+        check_positive("reformer_lsh", "n_hashes", n_hashes)
+        check_positive("reformer_lsh", "bucket_size", bucket_size)
+        check_seed("reformer_lsh", seed)
+        self.n_hashes, self.chunk = n_hashes, bucket_size
+        self.factors = bucket_factors(problem.q_len, bucket_size)
+        self.num_buckets = math.prod(self.factors)
+        self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
+        generator = torch.Generator().manual_seed(seed)
+        shape = (problem.q_heads, problem.head_dim, n_hashes, sum(self.factors) // 2)
+        rotations = torch.randn(shape, generator=generator, dtype=torch.float64)
+        self.register_buffer("rotations", rotations.to(device=problem.device, dtype=self.compute_dtype))
+        valid = problem.key_padding_mask()
+        self.register_buffer("key_valid", valid)
+        self.register_buffer("kv_head_of", torch.arange(problem.q_heads, device=problem.device) // problem.group_size)
+
+    def sort(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, H, n_hashes*N) long: the sorted slots, hashed from q in the compute dtype (the oracle's too)."""
+        with torch.no_grad():
+            buckets = hash_buckets(q.detach().to(self.compute_dtype), self.rotations, self.factors)
+            return sorted_slots(buckets, self.num_buckets)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out_dtype = q.dtype
+        q, v = q.to(self.compute_dtype), v.to(self.compute_dtype)
+        batch, heads, n, head_dim = q.shape
+        order = self.sort(q)
+        places, c = order.shape[-1], self.chunk
+        chunks = -(-places // c)
+        position = F.pad(order % n, (0, chunks * c - places), value=-1)  # (B, H, S'), -1 = a padding place
+        index = position.clamp_min(0)[..., None].expand(-1, -1, -1, head_dim)
+        sq = q.gather(2, index)
+        # values from each query head's kv head: gather from the (B, Hkv*N, d) rows
+        v_rows = (self.kv_head_of[None, :, None] * n + position.clamp_min(0)).flatten(1)[..., None]
+        sv = v.flatten(1, 2).gather(1, v_rows.expand(-1, -1, head_dim)).view(batch, heads, -1, head_dim)
+        sk = F.normalize(sq, dim=-1)
+
+        def chunked(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, heads, chunks, c, *x.shape[3:])
+
+        def with_look_back(x: torch.Tensor) -> torch.Tensor:  # (B, H, C, c, ...) -> (B, H, C, 2c, ...)
+            return torch.cat([x, x.roll(1, dims=2)], dim=3)
+
+        q_pos = chunked(position)[..., :, None]
+        k_pos = with_look_back(chunked(position))[..., None, :]
+        scores = chunked(sq) @ with_look_back(chunked(sk)).transpose(-1, -2)  # (B, H, C, c, 2c)
+        scores = scores.masked_fill(q_pos == k_pos, SELF_SCORE)
+        masked = k_pos < 0
+        if self.problem.causal:
+            masked = masked | (k_pos > q_pos)
+        if self.key_valid is not None:
+            valid = self.key_valid[:, None, :].expand(-1, heads, -1)
+            masked = masked | ~valid.gather(2, k_pos.clamp_min(0).flatten(2)).view(k_pos.shape)
+        scores = scores.masked_fill(masked, MASKED_SCORE)
+        # normalised from the row max, not from the log-sum-exp: near the -1e5 of a self-only row, float32
+        # would round the log-sum-exp by 1e-2 and every weight with it
+        top = scores.detach().amax(-1, keepdim=True)
+        weights = (scores - top).exp()
+        total = weights.sum(-1, keepdim=True)
+        out = (weights / total) @ with_look_back(chunked(sv))  # (B, H, C, c, d)
+        lse = top + total.log()
+        # back to slot order: (B, H, n_hashes, N, d), and each slot's log-sum-exp
+        undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
+        out = out.flatten(2, 3).gather(2, undo[..., None].expand(-1, -1, -1, head_dim))
+        lse = lse.flatten(2).gather(2, undo).view(batch, heads, self.n_hashes, n)
+        out = out.view(batch, heads, self.n_hashes, n, head_dim)
+        result = (out * torch.softmax(lse, dim=2)[..., None]).sum(2)
+        if self.key_valid is not None:  # a query that reached masked keys only outputs zeros
+            result = result * (lse.amax(2) > DEAD_BELOW)[..., None]
+        return result.to(out_dtype) + ignored(k)
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Softmax over the keys (normalised queries; k is ignored) each query reached in its buckets' chunks."""
+        valid = self.key_valid
+        valid = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device) if valid is None else valid
+        return lsh_dense(q, v, self.sort(q), self.chunk, 1.0, self.problem.causal, valid) + ignored(k)
+
+
+def _availability(problem: Problem) -> str | None:
+    if problem.q_len != problem.kv_len:
+        return (
+            "shared-QK LSH attention hashes and sorts one sequence that is both queries and keys: needs q_len == kv_len"
+        )
+    return None
+
+
+def _flops(problem: Problem, hparams: dict) -> float:
+    n, d, c, n_hashes = problem.q_len, problem.head_dim, hparams["bucket_size"], hparams["n_hashes"]
+    hashing = 2 * n * d * sum(bucket_factors(n, c)) // 2 * n_hashes
+    places = -(-n_hashes * n // c) * c
+    attention = 4 * places * 2 * c * d  # each sorted place scores 2c keys and sums 2c values
+    return float(problem.batch * problem.q_heads * (hashing + attention))
+
+
+@register(
+    family="sparse",
+    exact=False,
+    time="n_h*N*(c*d+log(N))",
+    memory="n_h*N*c",
+    features=("causal", "padding", "gqa"),
+    flops=_flops,
+    availability=_availability,
+    check_hparams={"bucket_size": 4, "n_hashes": 2},
+    suite_hparams={"bucket_size": 32},
+)
+def reformer_lsh(problem: Problem, *, n_hashes: int = 2, bucket_size: int = 64, seed: int = 0) -> Attention:
+    """Reformer LSH attention: shared QK (k ignored), n_hashes rotation hashes, sorted chunks with one look-back."""
+    return LSHAttention(problem, n_hashes, bucket_size, seed)
