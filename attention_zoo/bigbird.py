@@ -250,7 +250,7 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
-def _flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     """Forward FLOPs of the blockwise computation: every computed score pair (padding and slab ends included)."""
     layout = BlockLayout(
         problem.q_len, hparams["block_size"], hparams["num_window_blocks"], hparams["num_global_blocks"]
@@ -268,7 +268,7 @@ def _flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     time="N*b*(w+g+r)",
     memory="N*b*(w+g+r)",
     features=("padding", "gqa"),
-    flops=_flops,
+    flops=computed_flops,
     availability=_availability,
     check_hparams={"block_size": 8, "num_random_blocks": 2},
     suite_hparams={"block_size": 32},

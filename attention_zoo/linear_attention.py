@@ -32,6 +32,14 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
+def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """A = phi(Q) phi(K)^T in float64, masked to `allowed` (B, 1, Nq, Nk); out = A V / A 1."""
+    q, k, v = q.double(), k.double(), v.double()
+    kernel = elu_feature_map(q) @ expand_kv_heads(elu_feature_map(k), q.shape[1]).transpose(-1, -2)
+    kernel = kernel * allowed
+    return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+
+
 class LinearAttention(Attention):
     """phi(Q) (phi(K)^T [V, 1]) with phi = elu + 1; causal by chunked prefix sums."""
 
@@ -86,11 +94,7 @@ class LinearAttention(Attention):
         return out.reshape(batch, kv_heads, group, chunks * c, head_dim + 1)[:, :, :, :q_len]
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A = phi(Q) phi(K)^T in float64, masked (causal, padding); out = A V / A 1."""
-        q, k, v = q.double(), k.double(), v.double()
-        kernel = elu_feature_map(q) @ expand_kv_heads(elu_feature_map(k), q.shape[1]).transpose(-1, -2)
-        kernel = kernel * self.problem.allowed_mask()
-        return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+        return linear_dense(q, k, v, self.problem.allowed_mask())
 
 
 def _flops(problem: Problem, hparams: dict) -> float:

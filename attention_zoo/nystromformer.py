@@ -147,7 +147,7 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
-def _flops(problem: Problem, hparams: dict) -> float:
+def computed_flops(problem: Problem, hparams: dict) -> float:
     m, d = hparams["num_landmarks"], problem.head_dim
     if m >= min(problem.q_len, problem.kv_len):
         return problem.dense_flops()
@@ -164,7 +164,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*m*d",
     memory="N*m",
     features=("padding", "gqa", "cross"),
-    flops=_flops,
+    flops=computed_flops,
     availability=_availability,
     check_hparams={"num_landmarks": 5},
     suite_hparams={"num_landmarks": 32},

@@ -192,7 +192,7 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
-def _flops(problem: Problem, hparams: dict) -> float:
+def computed_flops(problem: Problem, hparams: dict) -> float:
     n, d, c, n_hashes = problem.q_len, problem.head_dim, hparams["bucket_size"], hparams["n_hashes"]
     hashing = 2 * n * d * sum(bucket_factors(n, c)) // 2 * n_hashes
     places = -(-n_hashes * n // c) * c
@@ -206,7 +206,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="n_h*N*(c*d+log(N))",
     memory="n_h*N*c",
     features=("causal", "padding", "gqa"),
-    flops=_flops,
+    flops=computed_flops,
     availability=_availability,
     check_hparams={"bucket_size": 4, "n_hashes": 2},
     suite_hparams={"bucket_size": 32},

@@ -102,7 +102,9 @@ def log_slope(n_min: float, n_max: float) -> float:
 
 
 FlopsFn = Callable[[Problem, Mapping[str, Any]], float]
-AvailabilityFn = Callable[[Problem], "str | None"]
+# availability(problem) or availability(problem, hparams): why the entry cannot run it (None: it can);
+# the second form for limits that depend on a hyperparameter (a length that must be a multiple of a block)
+AvailabilityFn = Callable[..., "str | None"]
 
 
 def _dense_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
@@ -149,8 +151,11 @@ class Entry:
             resolved[key] = value
         return resolved
 
-    def unsupported_reason(self, problem: Problem, mode: str = "forward") -> str | None:
-        """Why this entry cannot run the problem in this mode, or None when it can."""
+    def unsupported_reason(
+        self, problem: Problem, mode: str = "forward", hparams: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Why this entry cannot run the problem in this mode with these hyperparameters (defaults
+        updated by `hparams`), or None when it can."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
         if problem.device_type not in self.devices:
@@ -162,13 +167,18 @@ class Entry:
         missing = sorted(problem.features - self.features)
         if missing:
             # the availability function may say why (e.g. a formulation that is not causal)
-            detail = self.availability(problem)
+            detail = self._available(problem, hparams)
             return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
+        return self._available(problem, hparams)
+
+    def _available(self, problem: Problem, hparams: Mapping[str, Any] | None) -> str | None:
+        if len(inspect.signature(self.availability).parameters) == 2:
+            return self.availability(problem, self.resolve_hparams(hparams))
         return self.availability(problem)
 
     def build(self, problem: Problem, **overrides: Any) -> Attention:
         """Build the implementation for one problem, outside any timed region."""
-        reason = self.unsupported_reason(problem)
+        reason = self.unsupported_reason(problem, hparams=overrides)
         if reason:
             raise UnsupportedError(reason)
         return self.builder(problem, **self.resolve_hparams(overrides))

@@ -153,7 +153,7 @@ def unsupported_reason(cell: Cell) -> str | None:
         return "CUDA is not available on this machine"
     entry = attention_zoo.get(cell.impl)
     for registry_mode in MODE_PASSES[cell.mode]:
-        reason = entry.unsupported_reason(cell.problem, registry_mode)
+        reason = entry.unsupported_reason(cell.problem, registry_mode, cell.hparams)
         if reason:
             return reason
     return None
