@@ -225,7 +225,8 @@ class PeerHFNystromformer(Attention):
     num_landmarks as ours, segment means by reshape (so N must be a multiple of num_landmarks),
     no depthwise convolution of V added (conv_kernel_size None) and the pseudo-inverse's initial scale
     per sequence and head, as ours (init_option other than its default "original", which takes one max
-    over the batch and all heads); both set on the layer, as its config's validation refuses them. Its pinv runs 6 iterations, fixed. At num_landmarks == N it is exact softmax.
+    over the batch and all heads); both set on the layer, as its config's validation refuses them.
+    Its pinv runs 6 iterations, fixed. At num_landmarks == N it is exact softmax.
     Non-causal self-attention; no GQA, and no padding here (its mask only masks the third kernel: keys
     are not zeroed before their landmarks as the paper's code does).
     """
