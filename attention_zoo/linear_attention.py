@@ -29,7 +29,7 @@ from attention_zoo.registry import check_positive, register
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """phi(x) = elu(x) + 1: positive, so every kernel value and normaliser is positive."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # in place: elu's backward reads its input, not its output
 
 
 def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,11 @@ def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
     kernel = elu_feature_map(q) @ expand_kv_heads(elu_feature_map(k), q.shape[1]).transpose(-1, -2)
     kernel = kernel * allowed
     return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with `rows` zero rows appended on the sequence axis; x itself (no copy) when there are none."""
+    return F.pad(x, (0, 0, 0, rows)) if rows else x
 
 
 class LinearAttention(Attention):
@@ -80,15 +85,15 @@ class LinearAttention(Attention):
         # keys before the first query's position are seen by every query: the initial state
         initial = phi_k[:, :, :offset].transpose(-1, -2) @ v_ones[:, :, :offset]  # (B, Hkv, d, d+1)
         # key offset + i sits at query i: chunk both alike (zero padding adds nothing)
-        k_chunks = F.pad(phi_k[:, :, offset:], (0, 0, 0, pad)).view(batch, kv_heads, chunks, c, head_dim)
-        v_chunks = F.pad(v_ones[:, :, offset:], (0, 0, 0, pad)).view(batch, kv_heads, chunks, c, head_dim + 1)
+        k_chunks = _pad_rows(phi_k[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim)
+        v_chunks = _pad_rows(v_ones[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim + 1)
         chunk_states = k_chunks.transpose(-1, -2) @ v_chunks  # (B, Hkv, nc, d, d+1)
-        before = chunk_states.cumsum(2) - chunk_states + initial[:, :, None]  # exclusive prefix sums
+        before = chunk_states.cumsum(2).sub_(chunk_states).add_(initial[:, :, None])  # exclusive prefix sums
         # queries: (B, Hq, Nq, d) -> (B, Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
-        q_chunks = F.pad(phi_q, (0, 0, 0, pad)).view(batch, kv_heads, group, chunks, c, head_dim)
+        q_chunks = _pad_rows(phi_q, pad).view(batch, kv_heads, group, chunks, c, head_dim)
         q_chunks = q_chunks.transpose(2, 3).reshape(batch, kv_heads, chunks, group * c, head_dim)
-        within = (q_chunks @ k_chunks.transpose(-1, -2)) * self.chunk_causal  # (B, Hkv, nc, G*c, c)
-        out = q_chunks @ before + within @ v_chunks  # (B, Hkv, nc, G*c, d+1)
+        within = (q_chunks @ k_chunks.transpose(-1, -2)).mul_(self.chunk_causal)  # (B, Hkv, nc, G*c, c)
+        out = (q_chunks @ before).add_(within @ v_chunks)  # (B, Hkv, nc, G*c, d+1)
         out = out.view(batch, kv_heads, chunks, group, c, head_dim + 1).transpose(2, 3)
         # padded query rows are cut before the division: their 0/0 never exists
         return out.reshape(batch, kv_heads, group, chunks * c, head_dim + 1)[:, :, :, :q_len]

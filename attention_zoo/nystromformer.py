@@ -119,17 +119,17 @@ class NystromAttention(Attention):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa).to(out_dtype)
         batch, kv_heads, _, head_dim = k.shape
         heads, q_len, m = q.shape[1], q.shape[2], self.landmarks
-        quarter = head_dim**-0.25
-        q, k = q * quarter, k * quarter
         if self.key_keep is not None:
             k = k * self.key_keep
-        q_land, k_land = segment_means(q, m), segment_means(k, m)  # (B, Hq, m, d), (B, Hkv, m, d)
+        # d^-1/4 on q and on k is d^-1/2 on one side of each product: applied to the (m x d) landmarks only
+        scale = head_dim**-0.5
+        q_land, k_land = segment_means(q, m), segment_means(k, m) * scale  # (B, Hq, m, d), (B, Hkv, m, d)
         # the query heads of a group are stacked on the row axis against their one kv head
         q_rows = q.reshape(batch, kv_heads, -1, head_dim)
         q_land_rows = q_land.reshape(batch, kv_heads, -1, head_dim)
         kernel_1 = torch.softmax(q_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, q_len, m)
         kernel_2 = torch.softmax(q_land_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, m, m)
-        scores_3 = q_land_rows @ k.transpose(-1, -2)  # (B, Hkv, G*m, Nk)
+        scores_3 = (q_land_rows * scale) @ k.transpose(-1, -2)  # (B, Hkv, G*m, Nk)
         if self.key_bias is not None:
             scores_3 = scores_3 + self.key_bias
         mixed = (torch.softmax(scores_3, dim=-1) @ v).view(batch, heads, m, head_dim)  # softmax(Q~ K^T) V

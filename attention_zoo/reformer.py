@@ -136,42 +136,41 @@ class LSHAttention(Attention):
         places, c = order.shape[-1], self.chunk
         chunks = -(-places // c)
         position = F.pad(order % n, (0, chunks * c - places), value=-1)  # (B, H, S'), -1 = a padding place
-        index = position.clamp_min(0)[..., None].expand(-1, -1, -1, head_dim)
-        sq = q.gather(2, index)
-        # values from each query head's kv head: gather from the (B, Hkv*N, d) rows
-        v_rows = (self.kv_head_of[None, :, None] * n + position.clamp_min(0)).flatten(1)[..., None]
-        sv = v.flatten(1, 2).gather(1, v_rows.expand(-1, -1, head_dim)).view(batch, heads, -1, head_dim)
-        sk = F.normalize(sq, dim=-1)
+        # rows of the flattened (B*H*N, d) q and keys, and of the (B*Hkv*N, d) values, at each sorted place
+        head = torch.arange(batch * heads, device=q.device).view(batch, heads, 1)
+        kv_head = head // heads * v.shape[1] + self.kv_head_of[None, :, None]
+        rows, v_rows = (head * n + position.clamp_min(0)).flatten(), (kv_head * n + position.clamp_min(0)).flatten()
 
-        def chunked(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, heads, chunks, c, *x.shape[3:])
+        def sorted_rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # -> (B, H, S', d)
+            return x.reshape(-1, head_dim).index_select(0, at).view(batch, heads, -1, head_dim)
 
-        def with_look_back(x: torch.Tensor) -> torch.Tensor:  # (B, H, C, c, ...) -> (B, H, C, 2c, ...)
-            return torch.cat([x, x.roll(1, dims=2)], dim=3)
+        def look_back(x: torch.Tensor) -> torch.Tensor:
+            """(B, H, S', ...) -> (B, H, C, 2c, ...): chunk i's keys are chunks i-1 and i (chunk 0: the last and 0),
+            overlapping windows over the sorted places with the last chunk copied in front (one copy)."""
+            extended = torch.cat([x[:, :, -c:], x], dim=2)
+            return extended.unfold(2, 2 * c, c).movedim(-1, 3)
 
-        q_pos = chunked(position)[..., :, None]
-        k_pos = with_look_back(chunked(position))[..., None, :]
-        scores = chunked(sq) @ with_look_back(chunked(sk)).transpose(-1, -2)  # (B, H, C, c, 2c)
-        scores = scores.masked_fill(q_pos == k_pos, SELF_SCORE)
+        sq = sorted_rows(q, rows).view(batch, heads, chunks, c, head_dim)
+        keys = look_back(sorted_rows(F.normalize(q, dim=-1), rows))  # (B, H, C, 2c, d), a strided view
+        q_pos = position.view(batch, heads, chunks, c, 1)
+        k_pos = look_back(position)[..., None, :]  # (B, H, C, 1, 2c)
+        scores = (sq @ keys.transpose(-1, -2)).masked_fill_(q_pos == k_pos, SELF_SCORE)  # (B, H, C, c, 2c)
         masked = k_pos < 0
         if self.problem.causal:
             masked = masked | (k_pos > q_pos)
         if self.key_valid is not None:
             valid = self.key_valid[:, None, :].expand(-1, heads, -1)
             masked = masked | ~valid.gather(2, k_pos.clamp_min(0).flatten(2)).view(k_pos.shape)
-        scores = scores.masked_fill(masked, MASKED_SCORE)
-        # normalised from the row max, not from the log-sum-exp: near the -1e5 of a self-only row, float32
-        # would round the log-sum-exp by 1e-2 and every weight with it
-        top = scores.detach().amax(-1, keepdim=True)
-        weights = (scores - top).exp()
-        total = weights.sum(-1, keepdim=True)
-        out = (weights / total) @ with_look_back(chunked(sv))  # (B, H, C, c, d)
-        lse = top + total.log()
+        scores = scores.masked_fill_(masked, MASKED_SCORE)
+        # softmax normalises from the row max: near the -1e5 of a self-only row, exp(score - logsumexp)
+        # in float32 would round the weight by 1e-2 (the log-sum-exp only weighs the rounds)
+        out = torch.softmax(scores, dim=-1) @ look_back(sorted_rows(v, v_rows))  # (B, H, C, c, d)
+        lse = scores.logsumexp(-1)
         # back to slot order: (B, H, n_hashes, N, d), and each slot's log-sum-exp
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
-        out = out.flatten(2, 3).gather(2, undo[..., None].expand(-1, -1, -1, head_dim))
-        lse = lse.flatten(2).gather(2, undo).view(batch, heads, self.n_hashes, n)
-        out = out.view(batch, heads, self.n_hashes, n, head_dim)
+        undo_rows = (head * (chunks * c) + undo).flatten()
+        out = out.reshape(-1, head_dim).index_select(0, undo_rows).view(batch, heads, self.n_hashes, n, head_dim)
+        lse = lse.flatten().index_select(0, undo_rows).view(batch, heads, self.n_hashes, n)
         result = (out * torch.softmax(lse, dim=2)[..., None]).sum(2)
         if self.key_valid is not None:  # a query that reached masked keys only outputs zeros
             result = result * (lse.amax(2) > DEAD_BELOW)[..., None]
