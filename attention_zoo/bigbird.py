@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import HyperparameterError, check_at_least, check_positive, check_seed, register
@@ -185,7 +186,7 @@ class BigBirdAttention(Attention):
         batch, kv_heads, _, head_dim = k.shape
         heads, rows = q_rows.shape[1], q_rows.shape[2]
         scores = q_rows.reshape(batch, kv_heads, heads // kv_heads * rows, head_dim) @ k.transpose(-1, -2)
-        scores = scores + self.row_bias
+        scores = scores.add_(self.row_bias)
         return (torch.softmax(scores, dim=-1) @ v).view(batch, heads, rows, head_dim)
 
     def _middle_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -196,7 +197,7 @@ class BigBirdAttention(Attention):
         group, nm, first = heads // kv_heads, len(layout.middle), layout.middle.start
         end_pad = nb * bs - n
         # queries: (B, Hq, N, D) -> (B, Hkv, nm, G, bs, D)
-        q_mid = F.pad(q, (0, 0, 0, end_pad))[:, :, first * bs : (first + nm) * bs]
+        q_mid = pad_rows(q, end_pad)[:, :, first * bs : (first + nm) * bs]
         q_mid = q_mid.view(batch, kv_heads, group, nm, bs, head_dim).transpose(2, 3)
         q_rows = q_mid.reshape(batch, kv_heads, nm, group * bs, head_dim)
         # window: block i's slab starts at padded key (i - half + half) * bs; unfold gives overlapping views
@@ -208,8 +209,8 @@ class BigBirdAttention(Attention):
         v_slab = v_pad.unfold(2, window * bs, bs)[:, :, first : first + nm].transpose(-1, -2)
         k_global, v_global = k[:, :, self.global_keys], v[:, :, self.global_keys]  # (B, Hkv, g*bs, D)
         # random blocks of each query head, gathered from its kv head: (B, Hkv, nm, G, r*bs, D)
-        k_blocks = F.pad(k, (0, 0, 0, end_pad)).view(batch, kv_heads, nb, bs, head_dim)
-        v_blocks = F.pad(v, (0, 0, 0, end_pad)).view(batch, kv_heads, nb, bs, head_dim)
+        k_blocks = pad_rows(k, end_pad).view(batch, kv_heads, nb, bs, head_dim)
+        v_blocks = pad_rows(v, end_pad).view(batch, kv_heads, nb, bs, head_dim)
         index = (self.kv_head_of[:, None, None], self.random_blocks)
 
         def gathered(blocks: torch.Tensor) -> torch.Tensor:
@@ -226,7 +227,7 @@ class BigBirdAttention(Attention):
             ],
             dim=-1,
         )
-        probs = torch.softmax(scores + self.middle_bias, dim=-1)
+        probs = torch.softmax(scores.add_(self.middle_bias), dim=-1)
         p_slab = probs[..., :slab_w].reshape(batch, kv_heads, nm, group * bs, slab_w)
         p_global = probs[..., slab_w : slab_w + global_w].reshape(batch, kv_heads, nm, group * bs, global_w)
         out = (p_slab @ v_slab + p_global @ v_global[:, :, None]).view(batch, kv_heads, nm, group, bs, head_dim)

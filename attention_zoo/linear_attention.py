@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import check_positive, register
@@ -38,11 +39,6 @@ def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
     kernel = elu_feature_map(q) @ expand_kv_heads(elu_feature_map(k), q.shape[1]).transpose(-1, -2)
     kernel = kernel * allowed
     return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
-
-
-def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """x with `rows` zero rows appended on the sequence axis; x itself (no copy) when there are none."""
-    return F.pad(x, (0, 0, 0, rows)) if rows else x
 
 
 class LinearAttention(Attention):
@@ -85,12 +81,12 @@ class LinearAttention(Attention):
         # keys before the first query's position are seen by every query: the initial state
         initial = phi_k[:, :, :offset].transpose(-1, -2) @ v_ones[:, :, :offset]  # (B, Hkv, d, d+1)
         # key offset + i sits at query i: chunk both alike (zero padding adds nothing)
-        k_chunks = _pad_rows(phi_k[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim)
-        v_chunks = _pad_rows(v_ones[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim + 1)
+        k_chunks = pad_rows(phi_k[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim)
+        v_chunks = pad_rows(v_ones[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim + 1)
         chunk_states = k_chunks.transpose(-1, -2) @ v_chunks  # (B, Hkv, nc, d, d+1)
         before = chunk_states.cumsum(2).sub_(chunk_states).add_(initial[:, :, None])  # exclusive prefix sums
         # queries: (B, Hq, Nq, d) -> (B, Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
-        q_chunks = _pad_rows(phi_q, pad).view(batch, kv_heads, group, chunks, c, head_dim)
+        q_chunks = pad_rows(phi_q, pad).view(batch, kv_heads, group, chunks, c, head_dim)
         q_chunks = q_chunks.transpose(2, 3).reshape(batch, kv_heads, chunks, group * c, head_dim)
         within = (q_chunks @ k_chunks.transpose(-1, -2)).mul_(self.chunk_causal)  # (B, Hkv, nc, G*c, c)
         out = (q_chunks @ before).add_(within @ v_chunks)  # (B, Hkv, nc, G*c, d+1)
