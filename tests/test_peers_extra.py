@@ -6,6 +6,7 @@ Small inputs, a few seconds in all (importing flash-linear-attention takes most 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -43,6 +44,13 @@ def _close_but_where_only_self(out: torch.Tensor, expected: torch.Tensor, v: tor
 
 def _dense(impl: z.Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return impl.dense_reference(q.double(), k.double(), v.double())
+
+
+def test_importing_attention_zoo_imports_none_of_these_packages() -> None:
+    code = f"import sys, attention_zoo; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(PEERS.values())}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_fla_reference_is_our_causal_linear_attention() -> None:
