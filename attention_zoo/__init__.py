@@ -8,12 +8,17 @@ out = impl(*problem.make_inputs())
 
 # every family is imported explicitly; importing a module registers its entries
 from attention_zoo import (  # noqa: F401
+    bigbird,
     blockwise,
     flex,
     full,
+    linear_attention,
     linformer,
+    nystromformer,
     peers,
+    peers_extra,
     performer,
+    reformer,
     sdpa,
     sparse,
     transformer_xl,

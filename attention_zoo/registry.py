@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -56,24 +57,45 @@ class UnsupportedError(RuntimeError):
     """Building an entry for a problem it states it cannot run."""
 
 
+LOG_N = re.compile(r"log\(N\)(?:\^([0-9.]+))?")
+
+
 @dataclass(frozen=True)
 class Complexity:
-    """A declared complexity in the sequence length N, e.g. "N^2" or "N*w"."""
+    """A declared complexity in the sequence length N, e.g. "N^2", "N*w" or "N*log(N)"."""
 
     expr: str
 
     @property
     def exponent(self) -> float:
-        """The power of N the expression grows with (other symbols are constants)."""
-        powers = re.findall(r"N(?:\^([0-9.]+))?", self.expr)
+        """The power of N the expression grows with, log factors aside (other symbols are constants)."""
+        powers = re.findall(r"N(?:\^([0-9.]+))?", LOG_N.sub("", self.expr))
         return float(sum(float(p) if p else 1.0 for p in powers))
+
+    @property
+    def log_power(self) -> float:
+        """The power of log(N) beside N^exponent: 1 for "N*log(N)", 0 for a plain power law."""
+        return float(sum(float(p) if p else 1.0 for p in LOG_N.findall(self.expr)))
+
+    def slope(self, n_min: float, n_max: float) -> float:
+        """The log-log slope N^exponent * log(N)^log_power has between n_min and n_max: what a fit over them reads."""
+        if not self.log_power or n_max <= n_min:
+            return self.exponent
+        return self.exponent + self.log_power * log_slope(n_min, n_max)
 
     def __str__(self) -> str:
         return f"O({self.expr})"
 
 
+def log_slope(n_min: float, n_max: float) -> float:
+    """The log-log slope of log(N) between n_min and n_max (0.12 over 1k..16k): a log factor's share of a fit."""
+    return (math.log(math.log(n_max)) - math.log(math.log(n_min))) / (math.log(n_max) - math.log(n_min))
+
+
 FlopsFn = Callable[[Problem, Mapping[str, Any]], float]
-AvailabilityFn = Callable[[Problem], "str | None"]
+# availability(problem) or availability(problem, hparams): why the entry cannot run it (None: it can);
+# the second form for limits that depend on a hyperparameter (a length that must be a multiple of a block)
+AvailabilityFn = Callable[..., "str | None"]
 
 
 def _dense_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
@@ -116,6 +138,7 @@ class Entry:
     availability: AvailabilityFn = _always_available
     backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
     check_hparams: Mapping[str, Any] = field(default_factory=dict)
+    suite_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
 
@@ -145,8 +168,11 @@ class Entry:
             raise HyperparameterError(str(error)) from None
         return resolved
 
-    def unsupported_reason(self, problem: Problem, mode: str = "forward") -> str | None:
-        """Why this entry cannot run the problem in this mode, or None when it can."""
+    def unsupported_reason(
+        self, problem: Problem, mode: str = "forward", hparams: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Why this entry cannot run the problem in this mode with these hyperparameters (defaults
+        updated by `hparams`), or None when it can."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
         if problem.device_type not in self.devices:
@@ -161,14 +187,19 @@ class Entry:
         missing = sorted(problem.features - self.features)
         if missing:
             # the availability function may say why (e.g. a formulation that is not causal)
-            detail = self.availability(problem)
+            detail = self._available(problem, hparams)
             return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
-        reason = self.availability(problem)
+        reason = self._available(problem, hparams)
         return reason or (self.backward_availability(problem) if mode == "backward" else None)
+
+    def _available(self, problem: Problem, hparams: Mapping[str, Any] | None) -> str | None:
+        if len(inspect.signature(self.availability).parameters) == 2:
+            return self.availability(problem, self.resolve_hparams(hparams))
+        return self.availability(problem)
 
     def build(self, problem: Problem, **overrides: Any) -> Attention:
         """Build the implementation for one problem, outside any timed region."""
-        reason = self.unsupported_reason(problem)
+        reason = self.unsupported_reason(problem, hparams=overrides)
         if reason:
             raise UnsupportedError(reason)
         return self.builder(problem, **self.resolve_hparams(overrides, problem))
@@ -205,6 +236,7 @@ def register(
     availability: AvailabilityFn = _always_available,
     backward_availability: AvailabilityFn = _always_available,
     check_hparams: Mapping[str, Any] | None = None,
+    suite_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
     """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
@@ -214,6 +246,9 @@ def register(
     executes masked or padded work (whole tiles, buckets, slabs), counts everything it executes.
     availability(problem) says why the entry cannot run a problem at all (None: it can);
     backward_availability(problem), asked for the backward pass only, why it has no backward there.
+    check_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
+    suite_hparams the regression suite's (bench/regression_suite.py: N = 256..2048), where the suite's
+    sizes by hyperparameter name do not fit the entry.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
@@ -247,14 +282,17 @@ def register(
             availability=availability,
             backward_availability=backward_availability,
             check_hparams=MappingProxyType(dict(check_hparams or {})),
+            suite_hparams=MappingProxyType(dict(suite_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
             declared=MappingProxyType(_declared_hparams(entry_name, builder)),
         )
-        # fail at registration, not at run time, on a bad check_hparams key or a default its rules refuse
-        unknown = set(entry.check_hparams) - set(entry.hparams)
-        if unknown:
-            raise ValueError(f"{entry_name}: check_hparams {sorted(unknown)} are not hyperparameters")
+        # fail at registration, not at run time, on a bad check_hparams/suite_hparams key or a default its rules refuse
+        for kind, given in (("check_hparams", entry.check_hparams), ("suite_hparams", entry.suite_hparams)):
+            unknown = set(given) - set(entry.hparams)
+            if unknown:
+                raise ValueError(f"{entry_name}: {kind} {sorted(unknown)} are not hyperparameters")
         entry.resolve_hparams(entry.check_hparams)
+        entry.resolve_hparams(entry.suite_hparams)
         _REGISTRY[entry_name] = entry
         return builder
 

@@ -171,7 +171,7 @@ def unsupported_reason(cell: Cell) -> str | None:
     """Why the cell cannot run here (the entry's reason, the registry's device rule included), or None."""
     entry = attention_zoo.get(cell.impl)
     for registry_mode in MODE_PASSES[cell.mode]:
-        reason = entry.unsupported_reason(cell.problem, registry_mode)
+        reason = entry.unsupported_reason(cell.problem, registry_mode, cell.hparams)
         if reason:
             return reason
     return None

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from bench.fit import asymptotic_fit
+from bench.fit import asymptotic_fit, declared_slope
 from bench.suite_runs import KEY
 
 # Tolerances, set from the drift measured between suite runs on a shared 2-core VM (README, "Tolerances")
@@ -153,11 +153,15 @@ def exponent_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.Dat
             ("time exponent", "declared_time_exponent_fresh", "ratio"),
             ("memory exponent", "declared_memory_exponent_fresh", "peak_bytes"),
         ):
+            complexity = declared.replace("_exponent_", "_complexity_")
             if value == "ratio":
                 base, now = (_exponent(cells, cells[f"ratio_{side}"].map(np.median)) for side in ("base", "fresh"))
             else:
                 base, now = (_exponent(cells, cells[f"peak_bytes_{side}"]) for side in ("base", "fresh"))
             expected = float(cells[declared].iloc[0])
+            span = asymptotic_fit(cells["seq_len"], cells["seq_len"])  # the N range the exponents are fitted over
+            if complexity in cells and span:  # a log(N) factor adds the slope it has over that range
+                expected = declared_slope(expected, cells[complexity].iloc[0], span.n_min, span.n_max)
             allowed = np.nanmax([expected, base]) + tolerances.exponent
             records.append(
                 {"impl": impl, "mode": mode, "check": check, "baseline": base, "now": now, "change": now - base,

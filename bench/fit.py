@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from attention_zoo.registry import Complexity
+
 ASYMPTOTIC_MIN_POINTS = 3
 EXPONENT_TOLERANCE = 0.25  # |fitted - declared| above this is flagged
 
@@ -69,6 +71,15 @@ def asymptotic_fit(n, y) -> Fit | None:
     return fit_exponent(n[keep], y[keep])
 
 
+def declared_slope(declared: float, complexity: object, n_min: float, n_max: float) -> float:
+    """The declared exponent as a fit over n_min..n_max reads it: a log(N) factor in the declared
+    complexity ("O(N*log(N))", or the bare "N*log(N)") adds the slope log(N) has there (0.12 over 1k..16k)."""
+    if not isinstance(complexity, str) or not complexity or not np.isfinite(n_min) or not np.isfinite(n_max):
+        return declared
+    expr = complexity.removeprefix("O(").removesuffix(")") if complexity.startswith("O(") else complexity
+    return Complexity(expr).slope(n_min, n_max)
+
+
 def crossover(n, t_impl, t_base) -> float | None:
     """The smallest N from which the impl stays below the baseline, interpolated on log-log axes.
 
@@ -101,12 +112,15 @@ def fitted_exponents(
     value: str = "time_ms_median",
     declared: str | None = "declared_time_exponent",
     tolerance: float = EXPONENT_TOLERANCE,
+    complexity: str | None = None,
 ) -> pd.DataFrame:
     """One row per group of ok cells: the asymptotic and all-points exponents of `value` in seq_len.
 
     Columns: the groupby columns, exponent, r2, n_min, n_max, points (of the asymptotic fit),
     exponent_all, r2_all (over every ok point), declared and disagrees (|exponent - declared| >
     tolerance; False where either is missing). Groups with fewer than two distinct N get NaN.
+    With a `complexity` column (e.g. "time_complexity"), declared is read over the fit's N range
+    (declared_slope: an N*log(N) entry is expected to fit a little above 1).
     """
     ok = df[df["status"] == "ok"]
     records = []
@@ -115,6 +129,8 @@ def fitted_exponents(
         top = asymptotic_fit(cells["seq_len"], cells[value])
         everything = fit_exponent(cells["seq_len"], cells[value])
         expected = float(cells[declared].iloc[0]) if declared else np.nan
+        if complexity and complexity in cells and top:
+            expected = declared_slope(expected, cells[complexity].iloc[0], top.n_min, top.n_max)
         exponent = top.exponent if top else np.nan
         records.append(
             {

@@ -69,12 +69,16 @@ QUIET_WAIT_BUDGET_S = 45.0  # per run: then cells are timed however busy the mac
 
 
 def suite_hparams(impl: str) -> dict[str, Any]:
-    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them.
+    """The entry's hyperparameters in the suite: its defaults, with the suite's small sizes where it has them
+    and, over those, the sizes the entry declares for the suite (register(suite_hparams=...)).
 
-    Only `Entry.hparams` is used (the zoo API the base side of an A/B is driven through, README).
+    Only `Entry.hparams` and `Entry.suite_hparams` are used (the zoo API the base side of an A/B is driven
+    through, README); a base commit older than suite_hparams has none.
     """
-    defaults = attention_zoo.get(impl).hparams
-    return {**defaults, **{key: value for key, value in HPARAMS.items() if key in defaults}}
+    entry = attention_zoo.get(impl)
+    defaults = entry.hparams
+    sizes = {key: value for key, value in HPARAMS.items() if key in defaults}
+    return {**defaults, **sizes, **getattr(entry, "suite_hparams", {})}
 
 
 def suite_machine() -> dict[str, Any]:
@@ -204,6 +208,8 @@ def measure(benchmark: Any, cell: Cell, peak_bytes: int, gate: QuietGate | None,
         hparams=dict(cell.hparams),
         declared_time_exponent=entry.time.exponent,
         declared_memory_exponent=entry.memory.exponent,
+        declared_time_complexity=entry.time.expr,
+        declared_memory_complexity=entry.memory.expr,
         reference_ms=reference_ms[-rounds:],  # the warm-up rounds' references come first
         peak_bytes=peak_bytes,
         waited_s=waited_s,

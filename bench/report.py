@@ -105,8 +105,12 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         )
 
     groups = [*axes, "panel", "series"]
-    time_fit = fit.fitted_exponents(rows, groups, "time_ms_median", "declared_time_exponent")
-    memory_fit = fit.fitted_exponents(rows, groups, "peak_bytes", "declared_memory_exponent")
+    time_fit = fit.fitted_exponents(
+        rows, groups, "time_ms_median", "declared_time_exponent", complexity="time_complexity"
+    )
+    memory_fit = fit.fitted_exponents(
+        rows, groups, "peak_bytes", "declared_memory_exponent", complexity="memory_complexity"
+    )
     crossing = summary.crossover_frame(rows, baseline, axes)
     speedup = summary.speedup(rows, baseline, axes)
     accuracy = summary.accuracy(rows, speedup, axes)

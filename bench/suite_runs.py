@@ -56,6 +56,8 @@ def load_suite(results_dir: str | Path, name: str = SUITE_JSON) -> tuple[pd.Data
                     "waited_s": info["waited_s"],
                     "declared_time_exponent": info["declared_time_exponent"],
                     "declared_memory_exponent": info["declared_memory_exponent"],
+                    "declared_time_complexity": info.get("declared_time_complexity", ""),  # older runs lack it
+                    "declared_memory_complexity": info.get("declared_memory_complexity", ""),
                 }
             )
     except (ValueError, KeyError, TypeError) as error:

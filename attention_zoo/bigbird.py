@@ -1,0 +1,283 @@
+"""BigBird (Zaheer et al. 2020) block-sparse attention: window, global and random blocks, O(N) per query row.
+
+The sequence is cut into nb = ceil(N / block_size) blocks (the last one may be short). Block pattern:
+- Global blocks: the first ceil(g/2) and the last floor(g/2) of the `num_global_blocks` = g blocks
+  (g = 2: the first and the last block, as HF transformers' block-sparse attention, BigBird's ITC).
+  A global query block attends every key; every query attends the global key blocks.
+- Window: query block i attends key blocks i - (w-1)/2 .. i + (w-1)/2 (`num_window_blocks` = w, odd;
+  3 in the paper), cut at the sequence ends (no wrap-around).
+- Random: each non-global query block attends `num_random_blocks` = r further key blocks per query
+  head, drawn once at build time from `seed` without replacement among the blocks outside its window
+  and the global blocks (fewer when fewer are left). The pattern is fixed: calls do not redraw it.
+A key block reached two ways (a window block that is global) counts once. Padded keys are never
+attended; block 0 is global and holds key 0, which is always real, so no query is left without a key.
+
+Computed blockwise, the N x N score matrix never exists: the middle query blocks score one contiguous
+key slab of w blocks (a strided view of the zero-padded K), the global keys and their r gathered random
+blocks, softmaxed together; the global query blocks are full rows. GQA stacks the heads of a group on
+the rows of a block (the random blocks are per query head, gathered for each). Scale 1/sqrt(d); half
+precision computes scores and softmax in float32 and returns the input dtype. Not causal (random and
+global blocks look ahead) and self-attention only (the pattern pairs query block i with key block i).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+
+from attention_zoo.interface import Attention
+from attention_zoo.padding import pad_rows
+from attention_zoo.problem import Problem
+from attention_zoo.reference import dense_attention
+from attention_zoo.registry import HyperparameterError, register
+from attention_zoo.rules import AtLeast
+
+
+def _check_window_blocks(window: int) -> None:
+    if window % 2 == 0:
+        raise HyperparameterError(
+            f"bigbird num_window_blocks={window!r} is invalid: it must be odd (the block and as many on each side)"
+        )
+
+
+class BlockLayout:
+    """Which key blocks each query block attends: global, window and (per head) random, all at block level."""
+
+    def __init__(self, seq_len: int, block_size: int, window_blocks: int, global_blocks: int) -> None:
+        self.seq_len, self.block_size = seq_len, block_size
+        self.blocks = nb = math.ceil(seq_len / block_size)
+        self.front = min(nb, math.ceil(global_blocks / 2))
+        self.back = min(nb - self.front, global_blocks // 2)
+        self.half = window_blocks // 2
+        self.middle = range(self.front, nb - self.back)  # the non-global query blocks
+
+    def is_global(self, block: int) -> bool:
+        return block < self.front or block >= self.blocks - self.back
+
+    def window(self, block: int) -> range:
+        return range(max(0, block - self.half), min(self.blocks, block + self.half + 1))
+
+    def random_candidates(self, block: int) -> list[int]:
+        taken = set(self.window(block))
+        return [j for j in range(self.blocks) if j not in taken and not self.is_global(j)]
+
+    def counts(self, random_table: torch.Tensor) -> torch.Tensor:
+        """(H, nb, nb) int: how many times query block i reaches key block j (0 = never).
+
+        random_table (H, len(middle), r) lists each middle block's random key blocks (-1 = an empty slot);
+        a random block that is also in the window or global counts twice, as a softmax over a repeated
+        key would weigh it (ours never draw one; a peer's may, so its mask is checked in this form).
+        """
+        heads, nb = random_table.shape[0], self.blocks
+        counts = torch.zeros(heads, nb, nb, dtype=torch.long)
+        for i in range(nb):
+            if self.is_global(i):
+                counts[:, i] = 1
+                continue
+            counts[:, i, : self.front] = 1
+            counts[:, i, nb - self.back :] = 1
+            counts[:, i, self.window(i).start : self.window(i).stop] = 1
+            for slot in random_table[:, i - self.front].T:  # one slot (H,) at a time
+                drawn = slot >= 0
+                counts[drawn, i, slot[drawn]] += 1
+        return counts
+
+    def draw_random(self, heads: int, random_blocks: int, generator: torch.Generator) -> torch.Tensor:
+        """(H, len(middle), r) long: per head and middle block, r random blocks (-1 where too few are left)."""
+        table = torch.full((heads, len(self.middle), random_blocks), -1, dtype=torch.long)
+        for m, block in enumerate(self.middle):
+            candidates = torch.tensor(self.random_candidates(block), dtype=torch.long)
+            for h in range(heads):
+                drawn = candidates[torch.randperm(len(candidates), generator=generator)[:random_blocks]]
+                table[h, m, : len(drawn)] = drawn
+        return table
+
+
+def block_counts_dense(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, block_size: int, key_valid: torch.Tensor
+) -> torch.Tensor:
+    """Softmax attention in float64 over the keys a (H, nb, nb) block-count pattern reaches, each weighed by its count.
+
+    key_valid: bool (B, Nk), True = a real key. The dense oracle form of block-sparse attention.
+    """
+    n = q.shape[2]
+    tokens = counts.repeat_interleave(block_size, 1).repeat_interleave(block_size, 2)[:, :n, :n]  # (H, N, N)
+    allowed = (tokens > 0)[None] & key_valid[:, None, None, :]
+    return dense_attention(q, k, v, allowed, score_bias=tokens.double().clamp_min(1).log()[None])
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+class BigBirdAttention(Attention):
+    """Block-sparse attention: middle query blocks against window slab + global keys + gathered random blocks."""
+
+    def __init__(
+        self, problem: Problem, block_size: int, window_blocks: int, global_blocks: int, random_blocks: int, seed: int
+    ) -> None:
+        super().__init__(problem)
+        _check_window_blocks(window_blocks)
+        self.layout = layout = BlockLayout(problem.q_len, block_size, window_blocks, global_blocks)
+        self.scale = 1.0 / math.sqrt(problem.head_dim)
+        self.compute_dtype = torch.float32 if problem.dtype in ("float16", "bfloat16") else problem.torch_dtype
+        self.register_buffer(
+            "random_table", layout.draw_random(problem.q_heads, random_blocks, torch.Generator().manual_seed(seed))
+        )
+        device, bs, nb, n = problem.device, block_size, layout.blocks, problem.q_len
+        self.front_end = layout.front * bs  # global query/key rows: [0, front_end) and [back_start, N)
+        self.back_start = min(n, (nb - layout.back) * bs)
+        valid = problem.key_padding_mask()
+        valid = torch.ones(1, n, dtype=torch.bool, device=device) if valid is None else valid  # (B', N)
+        self.register_buffer("row_bias", _additive(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
+        self.global_keys = [*range(self.front_end), *range(self.back_start, n)]
+        middle = torch.tensor(list(layout.middle), dtype=torch.long, device=device)
+        if len(middle):
+            # key position of slot s of middle block i's window slab, random blocks and global keys
+            slab = (middle[:, None] - layout.half) * bs + torch.arange(window_blocks * bs, device=device)
+            slab_ok = (slab >= self.front_end) & (slab < self.back_start)  # global keys have their own columns
+            random_table = self.random_table.to(device)
+            rand = (random_table[..., None] * bs + torch.arange(bs, device=device)).flatten(-2)  # (H, nm, r*bs)
+            rand_ok = (random_table[..., None] >= 0).expand(-1, -1, -1, bs).flatten(-2) & (rand < n)
+            gk = torch.tensor(self.global_keys, dtype=torch.long, device=device)
+
+            def gather_valid(positions: torch.Tensor) -> torch.Tensor:  # (B', *positions.shape)
+                return valid[:, positions.clamp(0, n - 1).flatten()].view(-1, *positions.shape)
+
+            slab_allowed = slab_ok & (slab >= 0) & (slab < n) & gather_valid(slab)  # (B', nm, w*bs)
+            rand_allowed = rand_ok & gather_valid(rand)  # (B', H, nm, r*bs)
+            global_allowed = gather_valid(gk)  # (B', g*bs)
+            heads, kv_heads = problem.q_heads, problem.kv_heads
+            group, nm = heads // kv_heads, len(middle)
+            slab_bias = _additive(slab_allowed, self.compute_dtype)[:, None, :, None, None, :].expand(
+                -1, kv_heads, nm, group, 1, -1
+            )
+            global_bias = _additive(global_allowed, self.compute_dtype)[:, None, None, None, None, :].expand(
+                -1, kv_heads, nm, group, 1, -1
+            )
+            rand_bias = _additive(rand_allowed, self.compute_dtype).view(-1, kv_heads, group, nm, 1, rand.shape[-1])
+            rand_bias = rand_bias.transpose(2, 3)
+            # (B', Hkv, nm, G, 1, w*bs + g*bs + r*bs): every middle score column's mask
+            self.register_buffer("middle_bias", torch.cat([slab_bias, global_bias, rand_bias], dim=-1).contiguous())
+            # which kv head each query head reads, for gathering its random blocks
+            self.register_buffer("random_blocks", random_table.clamp_min(0))
+            self.register_buffer("kv_head_of", torch.arange(heads, device=device) // group)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out_dtype = q.dtype
+        q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
+        q = q * self.scale
+        pieces = [self._global_rows(q[:, :, : self.front_end], k, v)]
+        if len(self.layout.middle):
+            pieces.append(self._middle_rows(q, k, v))
+        pieces.append(self._global_rows(q[:, :, self.back_start :], k, v))
+        return torch.cat(pieces, dim=2).to(out_dtype)
+
+    def _global_rows(self, q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Global query rows (B, Hq, r, D) against every key: full rows, O(g*b*N)."""
+        batch, kv_heads, _, head_dim = k.shape
+        heads, rows = q_rows.shape[1], q_rows.shape[2]
+        scores = q_rows.reshape(batch, kv_heads, heads // kv_heads * rows, head_dim) @ k.transpose(-1, -2)
+        scores = scores.add_(self.row_bias)
+        return (torch.softmax(scores, dim=-1) @ v).view(batch, heads, rows, head_dim)
+
+    def _middle_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The middle query blocks' rows (B, Hq, rows up to back_start, D)."""
+        layout = self.layout
+        batch, kv_heads, n, head_dim = k.shape
+        heads, bs, nb = q.shape[1], layout.block_size, layout.blocks
+        group, nm, first = heads // kv_heads, len(layout.middle), layout.middle.start
+        end_pad = nb * bs - n
+        # queries: (B, Hq, N, D) -> (B, Hkv, nm, G, bs, D)
+        q_mid = pad_rows(q, end_pad)[:, :, first * bs : (first + nm) * bs]
+        q_mid = q_mid.view(batch, kv_heads, group, nm, bs, head_dim).transpose(2, 3)
+        q_rows = q_mid.reshape(batch, kv_heads, nm, group * bs, head_dim)
+        # window: block i's slab starts at padded key (i - half + half) * bs; unfold gives overlapping views
+        window = 2 * layout.half + 1
+        front = layout.half * bs
+        k_pad = F.pad(k, (0, 0, front, end_pad + front))
+        v_pad = F.pad(v, (0, 0, front, end_pad + front))
+        k_slab = k_pad.unfold(2, window * bs, bs)[:, :, first : first + nm]  # (B, Hkv, nm, D, w*bs)
+        v_slab = v_pad.unfold(2, window * bs, bs)[:, :, first : first + nm].transpose(-1, -2)
+        k_global, v_global = k[:, :, self.global_keys], v[:, :, self.global_keys]  # (B, Hkv, g*bs, D)
+        # random blocks of each query head, gathered from its kv head: (B, Hkv, nm, G, r*bs, D)
+        k_blocks = pad_rows(k, end_pad).view(batch, kv_heads, nb, bs, head_dim)
+        v_blocks = pad_rows(v, end_pad).view(batch, kv_heads, nb, bs, head_dim)
+        index = (self.kv_head_of[:, None, None], self.random_blocks)
+
+        def gathered(blocks: torch.Tensor) -> torch.Tensor:
+            picked = blocks[:, index[0], index[1]]  # (B, Hq, nm, r, bs, D)
+            return picked.view(batch, kv_heads, group, nm, -1, head_dim).transpose(2, 3)
+
+        k_rand, v_rand = gathered(k_blocks), gathered(v_blocks)
+        slab_w, global_w = window * bs, k_global.shape[2]
+        scores = torch.cat(
+            [
+                (q_rows @ k_slab).view(batch, kv_heads, nm, group, bs, slab_w),
+                (q_rows @ k_global.transpose(-1, -2)[:, :, None]).view(batch, kv_heads, nm, group, bs, global_w),
+                q_mid @ k_rand.transpose(-1, -2),
+            ],
+            dim=-1,
+        )
+        probs = torch.softmax(scores.add_(self.middle_bias), dim=-1)
+        p_slab = probs[..., :slab_w].reshape(batch, kv_heads, nm, group * bs, slab_w)
+        p_global = probs[..., slab_w : slab_w + global_w].reshape(batch, kv_heads, nm, group * bs, global_w)
+        out = (p_slab @ v_slab + p_global @ v_global[:, :, None]).view(batch, kv_heads, nm, group, bs, head_dim)
+        out = out + probs[..., slab_w + global_w :] @ v_rand
+        out = out.transpose(2, 3).reshape(batch, heads, nm * bs, head_dim)
+        return out[:, :, : self.back_start - first * bs]
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Softmax over exactly the keys of the block mask (global, window, this build's random blocks), float64."""
+        counts = self.layout.counts(self.random_table.cpu()).to(q.device)
+        valid = self.problem.key_padding_mask()
+        valid = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device) if valid is None else valid
+        return block_counts_dense(q, k, v, counts, self.layout.block_size, valid)
+
+
+def _availability(problem: Problem) -> str | None:
+    if problem.causal:
+        return "BigBird's global and random blocks look ahead: its block-sparse pattern is not causal"
+    if problem.q_len != problem.kv_len:
+        return "BigBird's block pattern pairs query block i with key block i: it needs q_len == kv_len"
+    return None
+
+
+def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Forward FLOPs of the blockwise computation: every computed score pair (padding and slab ends included)."""
+    layout = BlockLayout(
+        problem.q_len, hparams["block_size"], hparams["num_window_blocks"], hparams["num_global_blocks"]
+    )
+    bs, n, r = layout.block_size, problem.q_len, hparams["num_random_blocks"]
+    global_keys = min(n, layout.front * bs) + n - min(n, (layout.blocks - layout.back) * bs)
+    slab = (2 * layout.half + 1) * bs
+    middle_pairs = sum(bs * (slab + global_keys + min(r, len(layout.random_candidates(i))) * bs) for i in layout.middle)
+    return 4.0 * problem.batch * problem.q_heads * problem.head_dim * (middle_pairs + global_keys * n)
+
+
+@register(
+    family="sparse",
+    exact=False,
+    time="N*b*(w+g+r)",
+    memory="N*b*(w+g+r)",
+    features=("padding", "gqa"),
+    flops=computed_flops,
+    availability=_availability,
+    check_hparams={"block_size": 8, "num_random_blocks": 2},
+    suite_hparams={"block_size": 32},
+)
+def bigbird(
+    problem: Problem,
+    *,
+    block_size: Annotated[int, AtLeast(1)] = 64,
+    num_window_blocks: Annotated[int, AtLeast(1)] = 3,
+    num_global_blocks: Annotated[int, AtLeast(1)] = 2,
+    num_random_blocks: Annotated[int, AtLeast(0)] = 3,
+    seed: int = 0,
+) -> Attention:
+    """BigBird block-sparse attention: window, global and fixed random blocks per head, O(N*b*(w+g+r))."""
+    return BigBirdAttention(problem, block_size, num_window_blocks, num_global_blocks, num_random_blocks, seed)
