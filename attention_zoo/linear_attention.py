@@ -70,7 +70,7 @@ class LinearAttention(Attention):
             out = self._causal(phi_q, phi_k, v_ones)  # (B, Hkv, G, Nq, d+1)
         else:
             state = phi_k.transpose(-1, -2) @ v_ones  # (B, Hkv, d, d+1)
-            out = (phi_q.view(batch, kv_heads, group * q_len, head_dim) @ state).view(batch, kv_heads, group, q_len, -1)
+            out = (phi_q.reshape(batch, kv_heads, group * q_len, head_dim) @ state).view(batch, kv_heads, group, q_len, -1)
         out = out[..., :head_dim] / out[..., head_dim:]
         return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
 
@@ -88,7 +88,7 @@ class LinearAttention(Attention):
         chunk_states = k_chunks.transpose(-1, -2) @ v_chunks  # (B, Hkv, nc, d, d+1)
         before = chunk_states.cumsum(2).sub_(chunk_states).add_(initial[:, :, None])  # exclusive prefix sums
         # queries: (B, Hq, Nq, d) -> (B, Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
-        q_chunks = pad_rows(phi_q, pad).view(batch, kv_heads, group, chunks, c, head_dim)
+        q_chunks = pad_rows(phi_q, pad).reshape(batch, kv_heads, group, chunks, c, head_dim)
         q_chunks = q_chunks.transpose(2, 3).reshape(batch, kv_heads, chunks, group * c, head_dim)
         within = (q_chunks @ k_chunks.transpose(-1, -2)).mul_(self.chunk_causal)  # (B, Hkv, nc, G*c, c)
         out = (q_chunks @ before).add_(within @ v_chunks)  # (B, Hkv, nc, G*c, d+1)
