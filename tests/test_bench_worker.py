@@ -16,7 +16,7 @@ from bench.run import run
 from bench.worker import Worker
 
 FAULTY_MODULE = "bench_faulty_impls"  # tests/bench_faulty_impls.py; the worker imports it too
-SMOKE = ["timing=smoke", "sweep.heads=2", "sweep.head_dims=16", "progress=false", "report=false"]
+SMOKE = ["timing=smoke", "sweep.heads=2", "sweep.head_dims=16", "progress=false", "report=false", "timing_lock=null"]
 
 
 @pytest.fixture
