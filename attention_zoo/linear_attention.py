@@ -70,7 +70,9 @@ class LinearAttention(Attention):
             out = self._causal(phi_q, phi_k, v_ones)  # (B, Hkv, G, Nq, d+1)
         else:
             state = phi_k.transpose(-1, -2) @ v_ones  # (B, Hkv, d, d+1)
-            out = (phi_q.reshape(batch, kv_heads, group * q_len, head_dim) @ state).view(batch, kv_heads, group, q_len, -1)
+            out = (phi_q.reshape(batch, kv_heads, group * q_len, head_dim) @ state).view(
+                batch, kv_heads, group, q_len, -1
+            )
         out = out[..., :head_dim] / out[..., head_dim:]
         return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
 
