@@ -124,6 +124,7 @@ def test_missing_triton_names_the_install_command(monkeypatch: pytest.MonkeyPatc
     import attention_zoo as z
 
     monkeypatch.setitem(sys.modules, "triton", None)  # find_spec now answers "not installed"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # else the registry's no-CUDA reason comes first
     for device in ("cpu", "cuda"):
         reason = z.get("triton_flash").unsupported_reason(z.Problem(q_len=8, device=device))
         assert reason and "pip install 'attention-zoo[triton]'" in reason
