@@ -151,6 +151,8 @@ def read_rows_csv(path: Path) -> pd.DataFrame:
 
 def _bad_lines(text: str) -> list[int]:
     """Line numbers of rows whose field count differs from the header's."""
+    # a cell's raw samples (time_ms_samples) pass csv's default 128 KiB field limit at small N
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.reader(io.StringIO(text))
     width = len(next(reader))
     return [reader.line_num for fields in reader if len(fields) != width]

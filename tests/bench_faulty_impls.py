@@ -59,7 +59,7 @@ def wait_at_gate() -> None:
 BEHAVIOURS = {
     "_bench_test_exit": lambda: os._exit(3),
     "_bench_test_sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),
-    "_bench_test_sighup": lambda: os.kill(os.getpid(), signal.SIGHUP),
+    "_bench_test_sigusr1": lambda: os.kill(os.getpid(), signal.SIGUSR1),
     "_bench_test_cuda_fatal": fatal_cuda_error,
     "_bench_test_needs_cuda": needs_working_cuda_context,
     "_bench_test_hog": hog_memory,

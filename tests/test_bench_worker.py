@@ -31,7 +31,7 @@ def faulty_impls():
 
 def test_worker_deaths_become_rows_and_the_sweep_goes_on(faulty_impls, tmp_path):
     # each misbehaving cell is followed by a healthy one, which must run in the restarted worker
-    order = ["_bench_test_exit", "sdpa_flash", "_bench_test_sigkill", "full", "_bench_test_sighup", "sdpa_math",
+    order = ["_bench_test_exit", "sdpa_flash", "_bench_test_sigkill", "full", "_bench_test_sigusr1", "sdpa_math",
              "_bench_test_hog", "blockwise", "_bench_test_hang", "full", "_bench_test_cuda_fatal",
              "_bench_test_needs_cuda"]  # fmt: skip
     cfg = compose_config([*SMOKE, "sweep.seq_lens=[32]", f"impls.patterns=[{','.join(order)}]",
@@ -41,13 +41,13 @@ def test_worker_deaths_become_rows_and_the_sweep_goes_on(faulty_impls, tmp_path)
     assert len(rows) == len(set(order))
     assert dict(rows["status"]) == {
         "_bench_test_exit": "error", "sdpa_flash": "ok", "_bench_test_sigkill": "error", "full": "ok",
-        "_bench_test_sighup": "error", "sdpa_math": "ok", "_bench_test_hog": "oom", "blockwise": "ok",
+        "_bench_test_sigusr1": "error", "sdpa_math": "ok", "_bench_test_hog": "oom", "blockwise": "ok",
         "_bench_test_hang": "timeout", "_bench_test_cuda_fatal": "error", "_bench_test_needs_cuda": "ok",
     }  # fmt: skip
     assert rows.loc["_bench_test_exit", "reason"] == "worker exited with code 3"
     # killed from outside, far below the memory limit: the signal is named, the OOM killer is not blamed
     assert rows.loc["_bench_test_sigkill", "reason"] == "worker killed by SIGKILL from outside"
-    assert rows.loc["_bench_test_sighup", "reason"] == "worker killed by SIGHUP from outside"
+    assert rows.loc["_bench_test_sigusr1", "reason"] == "worker killed by SIGUSR1 from outside"
     assert "passed the limit" in rows.loc["_bench_test_hog", "reason"]
     assert "cell_timeout_s=5" in rows.loc["_bench_test_hang", "reason"]
     # the worker replied, then exited: the next cell ran in a fresh process with a working context
