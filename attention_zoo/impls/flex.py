@@ -20,11 +20,11 @@ import shutil
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from attention_zoo.impls.sparse import GlobalTokens, Window, band_flops, window_allowed, window_predicate
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
-from attention_zoo.sparse import GlobalTokens, Window, band_flops, window_allowed, window_predicate
 
 # Eager create_block_mask materialises the dense (B, 1, Nq, Nk) mask and its int64 intermediates;
 # above this many (query, key) pairs the mask is built by a compiled create_block_mask instead.

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attention_zoo.full import rectangle_flops
+from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register

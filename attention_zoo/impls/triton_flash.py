@@ -1,6 +1,6 @@
 """triton_flash: FlashAttention 2 written in Triton in this project, forward and backward.
 
-The kernels live in attention_zoo.triton_flash_kernels and are imported when the entry is built, so
+The kernels live in attention_zoo.impls.triton_flash_kernels and are imported when the entry is built, so
 importing attention_zoo never imports triton. On CPU the entry runs only under Triton's interpreter
 (TRITON_INTERPRET=1, set before triton is imported), which is how the CPU test suite checks it.
 float32 runs its dot products in IEEE fp32 (input_precision="ieee"), not TF32: TF32's 10-bit
@@ -37,7 +37,7 @@ def _interpreting() -> bool:
 
 
 def _kernels():
-    return importlib.import_module("attention_zoo.triton_flash_kernels")
+    return importlib.import_module("attention_zoo.impls.triton_flash_kernels")
 
 
 def _strides(x: torch.Tensor) -> tuple[int, ...]:

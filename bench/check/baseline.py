@@ -1,8 +1,8 @@
 """The committed baseline (results/baseline/): history of the suite on one host, and the A/B's default base commit.
 
-A baseline is compared only with runs made on a host like its own (bench/suite_runs.py's
+A baseline is compared only with runs made on a host like its own (bench/check/runs.py's
 host_difference): elsewhere its figures say nothing about a change, and the same-host A/B
-(bench/same_host.py) is the gate. A refresh records the commit it measured in BASE_COMMIT, which is
+(bench/check/same_host.py) is the gate. A refresh records the commit it measured in BASE_COMMIT, which is
 the A/B's default base, and refuses a tree with uncommitted changes, so that the runs it writes are
 of that commit and say so (`commit_info.dirty` false).
 """
@@ -13,9 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.environment import REPO
-from bench.same_host import BASE_COMMIT_FILE, git
-from bench.suite_runs import CheckError, describe_cpu, host_difference, run_name, run_suite
+from bench.check.checkout import REPO
+from bench.check.runs import CheckError, describe_cpu, host_difference, run_name, run_suite
+from bench.check.same_host import BASE_COMMIT_FILE, git
 
 
 def uncommitted_changes(ignored: Path) -> list[str]:

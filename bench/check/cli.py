@@ -7,9 +7,9 @@
     python -m bench.check --baseline results/baseline RESULTS_DIR   # compare a suite run saved earlier
     python -m bench.check --refresh-baseline results/baseline       # run the suite and make it the baseline
 
-The gate is the same-host A/B (bench/same_host.py): attention_zoo at the base commit and in the working
-tree, measured in turn by this tree's suite. The committed baseline is history (bench/baseline.py): it is
-compared only with runs on a host like its own. How two sides are compared is bench/compare.py.
+The gate is the same-host A/B (bench/check/same_host.py): attention_zoo at the base commit and in the working
+tree, measured in turn by this tree's suite. The committed baseline is history (bench/check/baseline.py): it is
+compared only with runs on a host like its own. How two sides are compared is bench/check/compare.py.
 A figure flagged in a run the check made itself is confirmed before it is reported: the flagged
 entries' cells are measured again (both sides, in an A/B; `--confirm` times) and it is a regression only
 when every re-run flags it too. On a shared machine one process can find an entry a few percent
@@ -30,9 +30,10 @@ from pathlib import Path
 import cpuinfo
 import pandas as pd
 
-from bench import compare as comparing
-from bench.baseline import dirty_note, incomparable_line, refresh_baseline, require_clean_tree
-from bench.compare import (
+from bench.check import compare as comparing
+from bench.check.baseline import dirty_note, incomparable_line, refresh_baseline, require_clean_tree
+from bench.check.checkout import REPO
+from bench.check.compare import (
     AB_SIDES,
     CHECK_COLUMNS,
     Sides,
@@ -42,20 +43,7 @@ from bench.compare import (
     format_table,
     largest_changes,
 )
-from bench.environment import REPO
-from bench.errors import OneLineParser
-from bench.regression_suite import QUIET_MARGIN, suite_machine
-from bench.same_host import (
-    AB_ROUNDS,
-    AB_RUNS,
-    SIDES,
-    base_zoo,
-    recorded_base,
-    resolve_commit,
-    run_sides,
-    zoo_source_error,
-)
-from bench.suite_runs import (
+from bench.check.runs import (
     BASELINE_RUNS,
     CheckError,
     describe_cpu,
@@ -65,6 +53,18 @@ from bench.suite_runs import (
     median_reference_ms,
     run_suite,
 )
+from bench.check.same_host import (
+    AB_ROUNDS,
+    AB_RUNS,
+    SIDES,
+    base_zoo,
+    recorded_base,
+    resolve_commit,
+    run_sides,
+    zoo_source_error,
+)
+from bench.check.suite import QUIET_MARGIN, suite_machine
+from bench.errors import OneLineParser
 
 CONFIRM_RUNS = 1
 BUSY_WARNING = 1.05  # a run whose reference took this much longer than the baseline's was timed on a busier machine
@@ -255,7 +255,7 @@ def baseline_check(args: argparse.Namespace) -> int:
         if not_comparable:
             print("\n".join([*header, not_comparable]))
             return 0
-        # runs made here wait for the machine to be as quiet as it was for the baseline (bench/regression_suite.py)
+        # runs made here wait for the machine to be as quiet as it was for the baseline (bench/check/suite.py)
         suite_status = run_suite(
             results_dir, args.zoo_import, args.select, rounds=args.rounds, quiet_reference_ms=base_env["reference_ms"]
         )
@@ -374,7 +374,3 @@ def verdict(
         heading = f"REGRESSION in {names}" + (f" ({against})" if against else "") + ":"
         lines += [heading, format_table(regressed.sort_values(["impl", "mode"], kind="stable"), first)]
     return lines
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

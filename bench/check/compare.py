@@ -1,9 +1,9 @@
 """Comparing two sets of suite runs per entry and mode: what got slower, hungrier or steeper.
 
 The two sides are a baseline and a fresh run (`--baseline`), or a base commit and the working tree
-measured in turn on this host (`--base`, bench/same_host.py). Compared per entry and mode, over the N
+measured in turn on this host (`--base`, bench/check/same_host.py). Compared per entry and mode, over the N
 of the suite, so that a change to an entry's code (which shows at every N) stands out from one noisy cell:
-- time: each round's time divided by the reference attention timed just before it (bench/regression_suite.py).
+- time: each round's time divided by the reference attention timed just before it (bench/check/suite.py).
   Regressed when the median over N of the change in median ratio exceeds the time tolerance AND a
   one-sided Mann-Whitney U test over the pooled rounds says the growth is not chance (p < alpha), as
   asv does. The tolerance guards against drift between runs, which the test alone would call significant.
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from bench.check.runs import KEY
 from bench.fit import asymptotic_fit, declared_slope
-from bench.suite_runs import KEY
 
 # Tolerances, set from the drift measured between suite runs on a shared 2-core VM (README, "Tolerances")
 TIME_TOLERANCE = 0.10
@@ -121,7 +121,7 @@ def time_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.DataFra
 def memory_regressions(paired: pd.DataFrame, tolerances: Tolerances) -> pd.DataFrame:
     """Per entry and mode: the change in peak bytes that holds at every N but one (slack added on both sides).
 
-    Peaks are read while every large block has pages of its own (bench/memory.py), so they repeat to a
+    Peaks are read while every large block has pages of its own (bench/core/memory.py), so they repeat to a
     few percent; small cells still move by a few hundred KiB of Python and heap bookkeeping, hence
     the slack, and one cell may be off without the entry being called hungrier.
     """

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.environment import REPO
+from bench.check.checkout import REPO
 
 SUITE = REPO / "benchmarks"
 SUITE_JSON = "benchmark.json"
@@ -80,7 +80,7 @@ def median_reference_ms(cells: pd.DataFrame) -> float:
 def load_pooled(folder: str | Path) -> tuple[pd.DataFrame, dict]:
     """A folder's suite runs pooled into one: each cell's rounds from every run, the median of their peaks.
 
-    A baseline, or one side of a same-host A/B (bench/same_host.py). Its environment is the first
+    A baseline, or one side of a same-host A/B (bench/check/same_host.py). Its environment is the first
     run's, with `runs` and the pooled `reference_ms` added. Runs made by different suite methods are
     refused; runs made without the memory pass (peaks null) leave the peak to the others.
     """
@@ -132,7 +132,7 @@ def run_suite(
 ) -> int:
     """Run the pytest-benchmark suite (or only node_ids) into out_dir/<name>; pytest's exit status.
 
-    quiet_reference_ms: the reference time for the suite's quiet gate (bench/regression_suite.py), at most
+    quiet_reference_ms: the reference time for the suite's quiet gate (bench/check/suite.py), at most
     quiet_wait_s waited in all. zoo_dir: a folder holding another `attention_zoo` (the base side of a
     same-host A/B), put first on the process's path; the suite and harness stay this tree's. Python
     runs with -P, so neither side picks up an `attention_zoo` from the working directory by accident.

@@ -24,9 +24,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.environment import REPO
-from bench.regression_suite import QUIET_WAIT_BUDGET_S
-from bench.suite_runs import CheckError, load_suite, median_reference_ms, run_name, run_suite
+from bench.check.checkout import REPO
+from bench.check.runs import CheckError, load_suite, median_reference_ms, run_name, run_suite
+from bench.check.suite import QUIET_WAIT_BUDGET_S
 
 SIDES = ("base", "tree")  # folder names of the two sides in an A/B run folder, in the order they take turns
 SIDE_NAMES = {"base": "the base", "tree": "the working tree"}
@@ -93,7 +93,7 @@ def run_sides(
     `imports` (--zoo-import) apply to the working tree's side only. node_ids: the cells of each side to
     run (a re-measurement), else the whole suite (or `select`). Without quiet_ms the first process runs
     ungated and its median reference sets the gate for the rest. Peaks are measured in each side's
-    first process only (they repeat to a few percent, bench/memory.py), which saves a memory pass per run.
+    first process only (they repeat to a few percent, bench/core/memory.py), which saves a memory pass per run.
     """
     status = 0
     wait_s = QUIET_WAIT_BUDGET_S / (runs * len(SIDES))  # one run's worth of waiting, spread over the processes

@@ -8,7 +8,7 @@ enough for the suite to take a few minutes on 2 cores and cover enough N (four d
 and memory exponents; the hyperparameters are small so that the linear entries are in their linear
 regime at these N.
 
-Two passes in one process, because the heap's state decides what each measures (bench/memory.py):
+Two passes in one process, because the heap's state decides what each measures (bench/core/memory.py):
 first the peak memory of every cell, while large blocks are mapped fresh and the heap has never
 held one (so VmHWM is the peak of what the call holds); then the timing of every cell, on a heap
 that keeps its pages (so no timed call page-faults its buffers).
@@ -26,9 +26,9 @@ import torch
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.cases import Cell
-from bench.memory import measure_peak
-from bench.modes import mode_calls
+from bench.core.calls import mode_calls
+from bench.core.cell import Cell
+from bench.core.memory import measure_peak
 
 SEQ_LENS = (256, 512, 1024, 2048)
 MODES = ("fwd", "bwd")
@@ -84,7 +84,7 @@ def suite_hparams(impl: str) -> dict[str, Any]:
 def suite_machine() -> dict[str, Any]:
     """What a suite run records about this host beside pytest-benchmark's CPU and Python (machine_info).
 
-    Runs are compared with a committed baseline only when these and the CPU are the same (bench/suite_runs.py).
+    Runs are compared with a committed baseline only when these and the CPU are the same (bench/check/runs.py).
     """
     return {
         "torch_version": torch.__version__,

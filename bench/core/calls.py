@@ -1,7 +1,7 @@
 """What is timed in each benchmark mode: the (prepare, run) pair of calls on one built implementation.
 
-Apart from bench/measure.py, because the regression suite imports it on the base side of a same-host
-A/B (bench/same_host.py), where only the zoo API written down in README is there to rely on.
+Apart from bench/sweep/measure.py, because the regression suite imports it on the base side of a same-host
+A/B (bench/check/same_host.py), where only the zoo API written down in README is there to rely on.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Peak memory of one call (CPU: VmHWM after a clear_refs reset; CUDA: allocator stats), and its prediction.
+"""Peak memory of one call (CPU: VmHWM after a clear_refs reset; CUDA: allocator stats) and the heap policies.
 
 On CPU the peak is process-wide: peak_bytes = VmHWM during the call - VmRSS before it. glibc keeps
 freed memory for reuse, so a call could run in memory an earlier call freed and show no peak;
@@ -17,11 +17,6 @@ from typing import Any
 
 import torch
 
-from bench.cases import Cell
-
-DENSE_SCORE_COPIES = {"fwd": 2, "bwd": 4, "fwd_bwd": 4}  # scores + probs; backward adds their gradients
-LINEAR_MEMORY_FACTOR = 4  # workspace of O(N)-memory entries, in multiples of their inputs and outputs
-REFERENCE_ROWS = 256  # query rows of the float64 error reference (see accuracy.py)
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 MAPPED_BLOCK_BYTES = 64 * 1024  # map_large_blocks: blocks this large or larger get pages of their own
@@ -91,25 +86,3 @@ def measure_peak(device_type: str, call: Callable[[], Any]) -> tuple[int, Any]:
     before = status_bytes("VmRSS")
     result = call()
     return max(0, status_bytes("VmHWM") - before), result
-
-
-def predict_bytes(cell: Cell, memory_exponent: float) -> int:
-    """Memory the cell should need, from the entry's declared memory complexity; used to skip hopeless cells.
-
-    Quadratic entries hold the B*Hq*Nq*Nk scores and probabilities (and in backward their gradients);
-    the others a few times their inputs and outputs. The float64 error reference adds its sampled rows.
-    """
-    p = cell.problem
-    itemsize = p.torch_dtype.itemsize
-    q_and_out = 2 * p.batch * p.q_heads * p.q_len * p.head_dim
-    k_and_v = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
-    io_bytes = (q_and_out + k_and_v) * itemsize * (1 if cell.mode == "fwd" else 2)  # with gradients
-    scores = p.batch * p.q_heads * p.q_len * p.kv_len
-    if memory_exponent >= 2:
-        # scores are kept in the compute dtype: float32 for half-precision inputs
-        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * p.compute_dtype.itemsize + io_bytes
-    else:
-        work_bytes = LINEAR_MEMORY_FACTOR * io_bytes
-    # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v
-    reference_bytes = 8 * (2 * p.batch * p.q_heads * min(p.q_len, REFERENCE_ROWS) * p.kv_len + 2 * k_and_v)
-    return int(work_bytes + reference_bytes)

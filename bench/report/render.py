@@ -9,9 +9,7 @@ fit and table is then per (panel, series).
 from __future__ import annotations
 
 import base64
-import difflib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +18,9 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-from bench import fit, plots, summary
+from bench import fit
+from bench.report import analysis, figures
+from bench.rows import load
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
@@ -34,8 +34,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, baseline: str = BASELINE) -> Path:
     """Load the rows of one or more run folders and write the report into out_dir (default: the first run's)."""
-    from bench.results import load  # imported here so this module loads without the harness
-
     run_dirs = [Path(d) for d in run_dirs]
     return render_report(load(*run_dirs), run_dirs, Path(out_dir) if out_dir else run_dirs[0], baseline)
 
@@ -91,12 +89,12 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
     rows["panel"] = rows.apply(_describe, axis=1, axes=axes) if axes and len(rows) else ""
     constant = [a for a in AXES if a in rows.columns and a not in axes and rows[a].notna().any()]
     constants = _describe(rows.iloc[0], constant) if len(rows) else ""
-    colours = plots.palette(rows["series"])
+    colours = figures.palette(rows["series"])
     notes = []
     if baseline not in set(rows.loc[rows["status"] == "ok", "series"]):
         present = ", ".join(sorted(rows["series"].unique())) or "none"
         notes.append(f"Baseline '{baseline}' has no ok cells in these results (present: {present}); no speedups.")
-    for _, overlap in summary.concurrent_measurements(rows).iterrows():
+    for _, overlap in analysis.concurrent_measurements(rows).iterrows():
         notes.append(
             f"Measured concurrently on {overlap['hostname']}: jobs {overlap['jobs']} ran {overlap['cells']} cells "
             f"at overlapping times ({(overlap['end'] - overlap['start']).total_seconds():.1f} s from "
@@ -111,41 +109,41 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
     memory_fit = fit.fitted_exponents(
         rows, groups, "peak_bytes", "declared_memory_exponent", complexity="memory_complexity"
     )
-    crossing = summary.crossover_frame(rows, baseline, axes)
-    speedup = summary.speedup(rows, baseline, axes)
-    accuracy = summary.accuracy(rows, speedup, axes)
+    crossing = analysis.crossover_frame(rows, baseline, axes)
+    speedup = analysis.speedup(rows, baseline, axes)
+    accuracy = analysis.accuracy(rows, speedup, axes)
 
-    figures = {}
-    if rows["status"].isin(("ok", *plots.FAILED_STATUSES)).any():
+    drawn = {}
+    if rows["status"].isin(("ok", *figures.FAILED_STATUSES)).any():
         for name, value, ylabel, scale, fitted in (
             ("complexity_time", "time_ms_median", "time (ms, median)", 1.0, time_fit),
             ("complexity_memory", "peak_bytes", "peak memory (MiB)", 2.0**-20, memory_fit),
         ):
             exponents = {(f["panel"], f["series"]): f["exponent"] for _, f in fitted.iterrows()}
-            figures[name] = plots.complexity_figure(rows, value, ylabel, exponents, colours, scale, constants)
+            drawn[name] = figures.complexity_figure(rows, value, ylabel, exponents, colours, scale, constants)
     if len(speedup):
-        figures["speedup"] = plots.speedup_figure(speedup, baseline, colours, constants)
+        drawn["speedup"] = figures.speedup_figure(speedup, baseline, colours, constants)
     if len(accuracy):
         baseline_ms = speedup.groupby(["panel", "seq_len"])["base_ms"].first().to_dict()
-        impl_colours = plots.palette(accuracy["impl"])
-        figures["accuracy"] = plots.accuracy_figure(
+        impl_colours = figures.palette(accuracy["impl"])
+        drawn["accuracy"] = figures.accuracy_figure(
             accuracy, _spread(sorted(accuracy["seq_len"].unique())), baseline_ms, impl_colours, constants
         )
     images = {}
-    for name, figure in figures.items():
-        png = plots.png_bytes(figure)
+    for name, figure in drawn.items():
+        png = figures.png_bytes(figure)
         (out_dir / f"{name}.png").write_bytes(png)
         images[name] = {"file": f"{name}.png", "data_uri": "data:image/png;base64," + base64.b64encode(png).decode()}
 
     tables = {
-        "exponents": summary.exponent_table(time_fit, memory_fit, axes),
-        "crossovers": summary.crossover_table(crossing, axes, baseline),
-        "speedup": summary.speedup_table(speedup, axes),
-        "accuracy": summary.accuracy_table(accuracy, axes),
-        "status_counts": summary.status_counts(rows),
-        "failed": summary.not_measured(rows, axes, unsupported=False),
-        "unsupported": summary.not_measured(rows, axes, unsupported=True),
-        "run_environment": summary.environment_columns(rows, ENV_COLUMNS),
+        "exponents": analysis.exponent_table(time_fit, memory_fit, axes),
+        "crossovers": analysis.crossover_table(crossing, axes, baseline),
+        "speedup": analysis.speedup_table(speedup, axes),
+        "accuracy": analysis.accuracy_table(accuracy, axes),
+        "status_counts": analysis.status_counts(rows),
+        "failed": analysis.not_measured(rows, axes, unsupported=False),
+        "unsupported": analysis.not_measured(rows, axes, unsupported=True),
+        "run_environment": analysis.environment_columns(rows, ENV_COLUMNS),
     }
     context = {
         "title": "Attention Zoo benchmark report",
@@ -153,7 +151,7 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         "constants": constants,
         "axes": axes,
         "notes": notes,
-        "headlines": summary.headlines(rows, crossing, accuracy, baseline),
+        "headlines": analysis.headlines(rows, crossing, accuracy, baseline),
         "images": images,
         "runs": [section for d in run_dirs for section in _run_sections(d)],
         "row_count": len(rows),
@@ -224,34 +222,3 @@ def _render(template: str, html: bool, context: dict, tables: dict) -> str:
     if html:  # tables arrive as HTML pandas already escaped
         tables = {k: markupsafe.Markup(v) for k, v in tables.items()}
     return environment.get_template(template).render(**context, tables=tables)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: run folders in, report.html path out; a user error is one line and exit 2."""
-    from bench.errors import OneLineParser, UserError, exit_on_user_error
-    from bench.results import load
-
-    parser = OneLineParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="results/<run_id> folders; several are merged")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first run folder)")
-    parser.add_argument("--baseline", help=f"impl the speedups and crossovers compare with (default {BASELINE})")
-    args = parser.parse_args(argv)
-    missing = [str(d) for d in args.run_dirs if not d.is_dir()]
-    if missing:
-        parser.error(f"not a folder: {', '.join(missing)} (expected results/<run_id> folders)")
-    with exit_on_user_error(parser.prog):
-        rows = load(*args.run_dirs)
-        measured = sorted(set(rows["impl"]))
-        if args.baseline is not None and args.baseline not in measured:
-            close = difflib.get_close_matches(args.baseline, measured, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(
-                f"--baseline {args.baseline!r} is not in these results{hint}; they have: {', '.join(measured)}"
-            )
-        out_dir = args.out or args.run_dirs[0]
-        print(render_report(rows, args.run_dirs, out_dir, args.baseline or BASELINE))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

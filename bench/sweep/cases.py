@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib
 import itertools
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.config import check_options
+from bench.core.cell import MODE_PASSES, Cell
 from bench.errors import BenchConfigError
+from bench.sweep.config import check_options
 
-# the registry's passes each benchmark mode runs
-MODE_PASSES = {"fwd": ("forward",), "bwd": ("forward", "backward"), "fwd_bwd": ("forward", "backward")}
 GLOB_CHARS = set("*?[")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One measurement: an implementation with resolved hyperparameters, on one problem, in one mode."""
-
-    impl: str
-    problem: Problem
-    mode: str
-    hparams: Mapping[str, Any]
-    padding: float  # the sweep's padding fraction that produced problem.kv_valid_lens
-
-    @property
-    def cell_id(self) -> str:
-        """A stable hash of what is measured, used to resume runs and merge results."""
-        spec = {"impl": self.impl, "mode": self.mode, "hparams": dict(self.hparams), **dataclasses.asdict(self.problem)}
-        return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _axis(sweep: Mapping[str, Any], name: str, kinds: tuple[type, ...], allowed: tuple | None = None) -> list:
@@ -165,13 +143,3 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
                 attention_zoo.get(name).resolve_hparams(hparams, problem)  # rules on the problem (>= kv_len)
                 cells += [Cell(name, problem, mode, hparams, padding) for mode in modes]
     return cells
-
-
-def unsupported_reason(cell: Cell) -> str | None:
-    """Why the cell cannot run here (the entry's reason, the registry's device rule included), or None."""
-    entry = attention_zoo.get(cell.impl)
-    for registry_mode in MODE_PASSES[cell.mode]:
-        reason = entry.unsupported_reason(cell.problem, registry_mode, cell.hparams)
-        if reason:
-            return reason
-    return None

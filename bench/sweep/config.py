@@ -21,9 +21,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from attention_zoo.rules import Above, AtLeast, AtMost, declared
-from bench.locks import TIMING_LOCK
+from bench.core.locks import TIMING_LOCK
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from bench.flops import gemm_size
+from bench.sweep.flops import gemm_size
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cpu_model() -> str:

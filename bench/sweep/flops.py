@@ -9,8 +9,8 @@ import torch
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.cases import Cell
-from bench.timing import on_device, synchronize, timer_for
+from bench.core.cell import Cell
+from bench.sweep.timing import on_device, synchronize, timer_for
 
 REGISTRY_FLOP_MODES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward_backward"}
 # The square matmul used as the ceiling. CPU: big enough for the BLAS to reach its steady state, small

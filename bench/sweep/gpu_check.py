@@ -1,4 +1,4 @@
-"""The steps of scripts/gpu_check.sh, the prepared validation run on a GPU: `python -m bench.gpu_check STEP OUT`.
+"""The steps of scripts/gpu_check.sh, the prepared validation run on a GPU: `python -m bench.sweep.gpu_check STEP OUT`.
 
 Each step is its own process, so no step holds a CUDA context while another measures. GPU_CHECK_DEVICE=cpu
 runs every step on the CPU at tiny sizes (the dry run CI makes), printing each CUDA-only skip with its reason.
@@ -42,7 +42,7 @@ def versions(out: Path) -> None:
     import torch
 
     import attention_zoo as z
-    from bench.environment import device_environment
+    from bench.sweep.environment import device_environment
 
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
@@ -55,7 +55,7 @@ def versions(out: Path) -> None:
         cuda_only("device columns, xformers kernels", f"GPU_CHECK_DEVICE={DEVICE}")
         return
     print(json.dumps(device_environment(DEVICE), indent=1, default=str))
-    from attention_zoo.xformers_attention import extension_note
+    from attention_zoo.impls.xformers_attention import extension_note
 
     print(f"xformers C++/CUDA extension loaded: {extension_note() == ''}{extension_note()}")
     problem = z.Problem(q_heads=4, kv_heads=2, q_len=256, head_dim=128, causal=True, dtype="bfloat16", device=DEVICE)
@@ -95,9 +95,9 @@ def sweep(out: Path) -> None:
 def do_bench(out: Path) -> None:
     """sdpa_flash's forward at N = 4k: the harness's median (timing=quick) against triton.testing.do_bench's."""
     import attention_zoo as z
-    from bench.cases import Cell
-    from bench.config import compose_config
-    from bench.measure import cell_inputs, measure_cell
+    from bench.core.cell import Cell
+    from bench.sweep.config import compose_config
+    from bench.sweep.measure import cell_inputs, measure_cell
 
     problem = z.Problem(**DO_BENCH_PROBLEM, dtype=DTYPE, device=DEVICE)
     timing = dict(compose_config(["timing=quick"]).timing)
@@ -124,12 +124,12 @@ def report(out: Path) -> None:
     """OUT/report.md: every cell one row, statuses, TFLOP/s against the GEMM rate, peak memory, do_bench."""
     import pandas as pd
 
-    from bench.config import compose_config
+    from bench.sweep.config import compose_config
 
     lines = ["# GPU check", ""]
     rows = pd.read_csv(out / "rows.csv") if (out / "rows.csv").exists() else pd.DataFrame()
     axes = [f"sweep.{axis}={json.dumps(value).replace(' ', '')}" for axis, value in SWEEP.items()]
-    from bench import cases
+    from bench.sweep import cases
 
     expected = len(cases.expand(compose_config(["sweep=gpu", f"impls.patterns=[{','.join(IMPLS)}]", *axes,
                                                 f"sweep.dtypes={DTYPE}", f"sweep.devices={DEVICE}"])))  # fmt: skip
@@ -170,6 +170,6 @@ STEPS = {"versions": versions, "sweep": sweep, "do_bench": do_bench, "report": r
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in STEPS:
-        print(f"usage: python -m bench.gpu_check {{{','.join(STEPS)}}} OUT_DIR", file=sys.stderr)
+        print(f"usage: python -m bench.sweep.gpu_check {{{','.join(STEPS)}}} OUT_DIR", file=sys.stderr)
         sys.exit(2)
     STEPS[sys.argv[1]](Path(sys.argv[2]))

@@ -9,11 +9,11 @@ import torch
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.accuracy import error_vs_exact
-from bench.cases import Cell
-from bench.memory import measure_peak
-from bench.modes import mode_calls
-from bench.timing import on_device, synchronize, timer_for
+from bench.core.calls import mode_calls
+from bench.core.cell import Cell
+from bench.core.memory import measure_peak
+from bench.sweep.accuracy import error_vs_exact
+from bench.sweep.timing import on_device, synchronize, timer_for
 
 _INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
 

@@ -19,15 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import attention_zoo
-from bench import cases, results
-from bench.environment import environment
+from bench.core.cell import Cell
+from bench.core.locks import timing_lock
+from bench.core.memory import available_bytes
 from bench.errors import BenchConfigError
-from bench.flops import cell_flops, cell_flops_executed
-from bench.locks import timing_lock
-from bench.memory import available_bytes, predict_bytes
-from bench.worker import Worker
+from bench.sweep import cases
+from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes
+from bench.sweep.environment import environment
+from bench.sweep.flops import cell_flops, cell_flops_executed
+from bench.sweep.worker import Worker
+from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
-MEMORY_LIMIT_FRACTION = 0.9  # default worker RSS limit, as a fraction of MemAvailable at start
 GEMM_TIMEOUT_S = 120.0
 SUMMARY_AXES = ["impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "dtype", "device"]
 CONFIG_YAML, ENVIRONMENT_JSON = "config.yaml", "environment.json"
@@ -43,7 +45,7 @@ def config_fingerprint(plain: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _gemm_ceilings(worker: Worker, cells: list[cases.Cell]) -> dict[tuple[str, str], float]:
+def _gemm_ceilings(worker: Worker, cells: list[Cell]) -> dict[tuple[str, str], float]:
     """GEMM FLOP/s once per (device, dtype) that will run; NaN where it cannot be measured."""
     ceilings = {}
     for device, dtype in sorted({(c.problem.device, c.problem.dtype) for c in cells}):
@@ -52,8 +54,8 @@ def _gemm_ceilings(worker: Worker, cells: list[cases.Cell]) -> dict[tuple[str, s
     return ceilings
 
 
-def _device_columns(worker: Worker, cells: list[cases.Cell]) -> dict[str, dict[str, Any]]:
-    """bench.environment.device_environment once per device that will run, asked in the worker; {} where it fails."""
+def _device_columns(worker: Worker, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """device_environment once per device that will run, asked in the worker; {} where it fails."""
     columns = {}
     for device in sorted({c.problem.device for c in cells}):
         status, value = worker.call("device", device, timeout_s=GEMM_TIMEOUT_S)
@@ -61,15 +63,7 @@ def _device_columns(worker: Worker, cells: list[cases.Cell]) -> dict[str, dict[s
     return columns
 
 
-def _memory_limit(cell: cases.Cell, worker: Worker, device: dict[str, Any]) -> int:
-    """The bytes a cell may need: a fraction of the GPU's free memory on CUDA, else the worker's RSS limit."""
-    free = device.get("gpu_memory_free_bytes", math.nan)
-    if cell.problem.device_type == "cuda" and not math.isnan(free):
-        return int(MEMORY_LIMIT_FRACTION * free)
-    return worker.memory_limit_bytes
-
-
-def _measure(cell: cases.Cell, cfg: dict[str, Any], worker: Worker, memory_limit: int) -> dict[str, Any]:
+def _measure(cell: Cell, cfg: dict[str, Any], worker: Worker, limit_bytes: int) -> dict[str, Any]:
     """The status and measured columns of one cell: skipped here, the rest (the entry's probes too) in the worker."""
     predicted = predict_bytes(cell, attention_zoo.get(cell.impl).memory.exponent)
     status, reason = worker.call("reason", cell, timeout_s=GEMM_TIMEOUT_S)
@@ -77,8 +71,8 @@ def _measure(cell: cases.Cell, cfg: dict[str, Any], worker: Worker, memory_limit
         return {"status": status, "reason": reason, "predicted_bytes": predicted}
     if reason:
         return {"status": "unsupported", "reason": reason, "predicted_bytes": predicted}
-    if predicted > memory_limit:
-        limit = memory_limit
+    if predicted > limit_bytes:
+        limit = limit_bytes
         reason = f"predicted {predicted / 2**30:.1f} GiB exceeds the memory limit {limit / 2**30:.1f} GiB"
         return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
     max_flops = cfg["sweep"]["max_cell_flops"]
@@ -95,7 +89,7 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat()
 
 
-def _with_flops(row: dict[str, Any], cell: cases.Cell, gemm_flop_per_s: float) -> dict[str, Any]:
+def _with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
     """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
     flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
     seconds = row.get("time_ms_median", math.nan) / 1e3
@@ -125,35 +119,35 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
     run_dir.mkdir(parents=True, exist_ok=True)
     cells = cases.expand(plain)
     threads = plain["threads"] or os.cpu_count()
-    memory_limit = plain["memory_limit_bytes"] or int(MEMORY_LIMIT_FRACTION * available_bytes())
+    worker_limit = plain["memory_limit_bytes"] or int(MEMORY_LIMIT_FRACTION * available_bytes())
     env = environment(threads)
 
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise BenchConfigError(f"{run_dir} is not writable: give a folder you can write (hydra.run.dir=...)")
     # the writer claims the folder first, so a second process aimed at it fails before writing anything
-    writer = results.RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
+    writer = RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
     done = len(writer.done_cell_ids)
     try:
-        results.write_text_atomically(run_dir / CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(plain)))
+        write_text_atomically(run_dir / CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(plain)))
         saved = {"run_id": run_id, "job_id": job_id, "config_sha256": config_fingerprint(plain),
-                 "memory_limit_bytes": memory_limit, **env}  # fmt: skip
-        results.write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
+                 "memory_limit_bytes": worker_limit, **env}  # fmt: skip
+        write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
         todo = [c for c in cells if c.cell_id not in writer.done_cell_ids]
         # the lock is taken before the worker starts: its start-up (importing torch) would disturb another job's timings
         devices = {c.problem.device for c in cells}
         with (
             timing_lock(plain["timing_lock"], devices) as exclusive,
-            Worker(threads, plain["imports"], memory_limit) as worker,
+            Worker(threads, plain["imports"], worker_limit) as worker,
         ):
             ceilings = _gemm_ceilings(worker, todo)
             device_columns = _device_columns(worker, todo)  # after the GEMM ceiling: clocks read on a warm GPU
             progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
             for cell in progress:
                 progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
-                row = {"run_id": run_id, "job_id": job_id, **results.cell_columns(cell), **env, "exclusive": exclusive}
+                row = {"run_id": run_id, "job_id": job_id, **cell_columns(cell), **env, "exclusive": exclusive}
                 started = _now()
                 device = device_columns[cell.problem.device]
-                row.update(_measure(cell, plain, worker, _memory_limit(cell, worker, device)))
+                row.update(_measure(cell, plain, worker, memory_limit(cell, worker.memory_limit_bytes, device)))
                 row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
@@ -168,9 +162,9 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         raise
     rows = writer.close()
     print(summary_table(rows))
-    print(f"results: {run_dir}  ({len(rows)} rows; load with bench.results.load({str(run_dir)!r}))")
+    print(f"results: {run_dir}  ({len(rows)} rows; load with bench.rows.load({str(run_dir)!r}))")
     if plain["report"]:
-        from bench.report import write_report  # plotting libraries load only when a report is written
+        from bench.report.render import write_report  # plotting libraries load only when a report is written
 
         print(f"report: {write_report([run_dir])}")
     return rows

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from bench.cases import unsupported_reason
-from bench.environment import device_environment
-from bench.flops import measure_gemm_flop_per_s
-from bench.measure import measure_cell
-from bench.memory import status_bytes
+from bench.core.cell import unsupported_reason
+from bench.core.memory import status_bytes
+from bench.sweep.environment import device_environment
+from bench.sweep.flops import measure_gemm_flop_per_s
+from bench.sweep.measure import measure_cell
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 POLL_S = 0.05  # how often the runner checks the worker's memory, liveness and deadline
