@@ -67,6 +67,13 @@ def series_styles(rows: pd.DataFrame) -> dict[str, dict]:
     return styles
 
 
+def _in_order(frame: pd.DataFrame):
+    """(series, cells) in the report's order: each peer beside its entry, settings by value."""
+    key = frame["impl"].map(style.entry_order).tolist()
+    order = sorted(range(len(frame)), key=lambda i: (key[i], frame["hp_order"].iloc[i] if "hp_order" in frame else 0))
+    return frame.iloc[order].groupby("series", sort=False)
+
+
 def _grid(panels: list[str], title: str, columns: int | None = None, rows: int | None = None, sharex=True):
     """A full-width grid of axes sharing y (and x), one per panel; the legend goes outside, on the right."""
     plt.rcParams.update({"font.size": FONT_PT, "axes.titlesize": FONT_PT + 1, "legend.fontsize": FONT_PT - 1})
@@ -123,7 +130,8 @@ def _guides(ax, per_series: list[pd.Series]) -> None:
 def complexity_figure(rows: pd.DataFrame, value: str, ylabel: str, exponents: dict, styles: dict, scale: float = 1.0):
     """Log-log `value` against seq_len, one line per series and one axes per panel, with N^1 and N^2 guides.
 
-    `exponents` maps (panel, series) to the fitted exponent shown in the legend ("-" with fewer than 3 N).
+    `exponents` maps (panel, series) to the fitted exponent; the legend shows each series once, with its
+    exponent in every panel, left to right ("-" with fewer than 3 N).
     Failed cells (FAILED_STATUSES) are an 'x' at the top of the axes at the N that failed, with the status.
     """
     drawn = rows[rows["status"].isin(("ok", *FAILED_STATUSES))]
@@ -132,11 +140,11 @@ def complexity_figure(rows: pd.DataFrame, value: str, ylabel: str, exponents: di
     for panel, ax in axes.items():
         cells = drawn[drawn["panel"] == panel]
         curves, stacked = [], 0
-        for series, own in cells.groupby("series", sort=False):
+        for series, own in _in_order(cells):
             ok = own[(own["status"] == "ok") & (own[value] > 0)]
             per_n = ok.groupby("seq_len")[value].median() * scale
-            exponent = exponents.get((panel, series), math.nan)
-            label = f"{series} (N^{exponent:.2f})" if math.isfinite(exponent) else f"{series} (N^-)"
+            fitted = [exponents.get((p, series), math.nan) for p in panels]
+            label = f"{series} (" + ", ".join(f"N^{e:.2f}" if math.isfinite(e) else "N^-" for e in fitted) + ")"
             if len(per_n):
                 ax.plot(per_n.index, per_n.values, label=label, gid=series, **styles[series])
                 curves.append(per_n)
@@ -163,7 +171,7 @@ def throughput_figure(rows: pd.DataFrame, styles: dict):
     figure, axes = _grid(panels, "")
     for panel, ax in axes.items():
         cells = ok[ok["panel"] == panel]
-        for series, own in cells.groupby("series", sort=False):
+        for series, own in _in_order(cells):
             per_n = own.groupby("seq_len")["flop_per_s"].median() / 1e9
             ax.plot(per_n.index, per_n.values, label=series, gid=series, **styles[series])
         ceiling = cells["gemm_flop_per_s"].median() / 1e9
@@ -191,7 +199,7 @@ def speedup_figure(speedup: pd.DataFrame, baseline: str, styles: dict):
     panels = list(dict.fromkeys(speedup["panel"]))
     figure, axes = _grid(panels, "")
     for panel, ax in axes.items():
-        for series, own in speedup[speedup["panel"] == panel].groupby("series", sort=False):
+        for series, own in _in_order(speedup[speedup["panel"] == panel]):
             own = own.sort_values("seq_len")
             ax.plot(own["seq_len"], own["speedup"], label=series, gid=series, **styles[series])
         ax.axhline(1.0, color="black", linewidth=1.2, label=f"{baseline} (1×)")

@@ -28,7 +28,7 @@ PEER_OF = {
 }  # fmt: skip
 FAMILY_MARKERS = {"full": "o", "flash": "s", "sparse": "^", "low_rank": "D", "kernel": "v", "memory": "P"}
 OTHER_MARKER = "X"
-PEER_LIGHTEN = 0.45  # of the way to white
+PEER_LIGHTEN = 0.35  # of the way to white
 
 
 def home(impl: str) -> str:
