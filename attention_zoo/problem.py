@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attention_zoo.errors import ProblemError
+
 DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
@@ -34,10 +36,6 @@ def compute_dtype(dtype: str) -> torch.dtype:
     As SDPA and FlashAttention do: a logit of a few hundred rounded to bfloat16 is off by a whole unit.
     """
     return torch.float32 if dtype in HALF_DTYPES else DTYPES[dtype]
-
-
-class ProblemError(ValueError):
-    """A problem value that cannot describe an attention task; the message is one line."""
 
 
 def _positive(field: str, value: object) -> None:

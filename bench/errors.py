@@ -16,7 +16,7 @@ from typing import NoReturn
 import omegaconf
 from hydra.errors import HydraException
 
-from attention_zoo import ProblemError, UnknownImplError
+from attention_zoo.errors import ProblemError, UnknownImplError
 from attention_zoo.rules import RuleError
 
 USAGE_EXIT = 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attention_zoo.registry import Complexity
+from attention_zoo.complexity import Complexity
 
 ASYMPTOTIC_MIN_POINTS = 3
 EXPONENT_TOLERANCE = 0.25  # |fitted - declared| above this is flagged

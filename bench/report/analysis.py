@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from bench import fit
+from bench.rows import FAILED_STATUSES
 
 HEADLINE_N = 4096  # a size people ask about by name; quoted when measured
-FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 
 
 def _g(value: float, spec: str = ".3g") -> str:

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from bench.rows import FAILED_STATUSES
+
 # Cells that were attempted and did not finish: drawn as marked line ends, never dropped.
-FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 PANEL_SIZE = (5.2, 3.9)
 MAX_COLUMNS = 3
 INSIDE_LEGEND_MAX = 6

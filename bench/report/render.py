@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench import fit
 from bench.report import analysis, figures
-from bench.rows import load
+from bench.rows import FAILED_STATUSES, load
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
@@ -114,7 +114,7 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
     accuracy = analysis.accuracy(rows, speedup, axes)
 
     drawn = {}
-    if rows["status"].isin(("ok", *figures.FAILED_STATUSES)).any():
+    if rows["status"].isin(("ok", *FAILED_STATUSES)).any():
         for name, value, ylabel, scale, fitted in (
             ("complexity_time", "time_ms_median", "time (ms, median)", 1.0, time_fit),
             ("complexity_memory", "peak_bytes", "peak memory (MiB)", 2.0**-20, memory_fit),

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from attention_zoo.modes import MODES
 from bench.core.cell import Cell
 from bench.sweep.accuracy import REFERENCE_ROWS
 
 MEMORY_LIMIT_FRACTION = 0.9  # default worker RSS limit, as a fraction of MemAvailable at start
-DENSE_SCORE_COPIES = {"fwd": 2, "bwd": 4, "fwd_bwd": 4}  # scores + probs; backward adds their gradients
+SCORE_COPIES = 2  # scores and probabilities, per pass: a backward adds their gradients
 LINEAR_MEMORY_FACTOR = 4  # workspace of O(N)-memory entries, in multiples of their inputs and outputs
 
 
@@ -39,7 +40,7 @@ def predict_bytes(cell: Cell, memory_exponent: float) -> int:
     scores = p.batch * p.q_heads * p.q_len * p.kv_len
     if memory_exponent >= 2:
         # scores are kept in the compute dtype: float32 for half-precision inputs
-        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * p.compute_dtype.itemsize + io_bytes
+        work_bytes = SCORE_COPIES * len(MODES[cell.mode].passes) * scores * p.compute_dtype.itemsize + io_bytes
     else:
         work_bytes = LINEAR_MEMORY_FACTOR * io_bytes
     # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v

@@ -12,7 +12,6 @@ from attention_zoo import Problem
 from bench.core.cell import Cell
 from bench.sweep.timing import on_device, synchronize, timer_for
 
-REGISTRY_FLOP_MODES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward_backward"}
 # The square matmul used as the ceiling. CPU: big enough for the BLAS to reach its steady state, small
 # enough to take about a second on 2 cores. CUDA: 8192 (or the largest power of two whose operands fit
 # in a quarter of the free memory), warmed up for WARMUP_S (do_bench's 25 ms and more: the SM clock
@@ -28,7 +27,7 @@ def cell_flops(cell: Cell) -> float:
     # counted for the same problem on the host: FLOPs do not depend on the device, and the runner that
     # counts them must not touch the GPU (flex's count builds its masks on the problem's device)
     problem = dataclasses.replace(cell.problem, device="cpu")
-    return entry.flops(problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+    return entry.flops(problem, cell.mode, **cell.hparams)
 
 
 def gemm_size(device: str) -> int:
@@ -45,7 +44,7 @@ def gemm_size(device: str) -> int:
 def cell_flops_executed(cell: Cell) -> float:
     """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
     entry = attention_zoo.get(cell.impl)
-    return entry.flops_executed(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+    return entry.flops_executed(cell.problem, cell.mode, **cell.hparams)
 
 
 def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
