@@ -5,6 +5,11 @@ from __future__ import annotations
 from attention_zoo.rules import RuleError
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's message, stripped ("" when it has none): what a one-line report shows."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
 class ProblemError(ValueError):
     """A problem value that cannot describe an attention task; the message is one line."""
 

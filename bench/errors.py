@@ -16,7 +16,7 @@ from typing import NoReturn
 import omegaconf
 from hydra.errors import HydraException
 
-from attention_zoo.errors import ProblemError, UnknownImplError
+from attention_zoo.errors import ProblemError, UnknownImplError, first_line
 from attention_zoo.rules import RuleError
 
 USAGE_EXIT = 2
@@ -47,11 +47,16 @@ def one_line(error: BaseException) -> str:
     parts = []
     options = getattr(error, "options", None)  # Hydra's MissingConfigException lists a group's options
     while error is not None and len(parts) < 2:
-        text = str(error).strip().splitlines()
-        if text and text[0].strip() not in parts:
-            parts.append(text[0].strip())
+        line = first_line(error)
+        if line and line not in parts:
+            parts.append(line)
         error = error.__cause__
     return " ".join(parts) + (f"; available: {', '.join(options)}" if options else "")
+
+
+def described(error: BaseException) -> str:
+    """`Type: first line of the message`, for a results column or a job's end (a programming error's summary)."""
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
@@ -130,10 +131,6 @@ class BandLayout:
         return total if banded.shape[0] == self.problem.batch else total * self.problem.batch
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
 class SlidingWindowAttention(Attention):
     """Banded attention by query blocks against contiguous key slabs; GQA by broadcasting, no K/V copy per head."""
 
@@ -151,9 +148,9 @@ class SlidingWindowAttention(Attention):
         dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
         dtype = problem.compute_dtype  # float32 scores and sums for half-precision inputs
         self.row_keep = live[:, None, :, None, :, None].to(dtype) if dead_queries.any() else None
-        self.slab_bias = _additive(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
-        self.global_key_bias = _additive(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
-        self.global_row_bias = _additive(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
+        self.slab_bias = additive_bias(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
+        self.global_key_bias = additive_bias(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
+        self.global_row_bias = additive_bias(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         layout = self.layout

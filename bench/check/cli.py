@@ -32,7 +32,7 @@ import pandas as pd
 
 from bench.check import compare as comparing
 from bench.check.baseline import dirty_note, incomparable_line, refresh_baseline, require_clean_tree
-from bench.check.checkout import REPO
+from bench.check.checkout import REPO, missing_checkout
 from bench.check.compare import (
     AB_SIDES,
     CHECK_COLUMNS,
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "--memory-tolerance", type=float, default=comparing.MEMORY_TOLERANCE, help="relative, e.g. 0.10"
     )
     parser.add_argument(
-        "--exponent-tolerance", type=float, default=comparing.EXPONENT_TOLERANCE, help="absolute, e.g. 0.35"
+        "--exponent-tolerance", type=float, default=comparing.GATE_EXPONENT_TOLERANCE, help="absolute, e.g. 0.35"
     )
     parser.add_argument("--alpha", type=float, default=comparing.ALPHA, help="Mann-Whitney significance level")
     parser.add_argument(
@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    not_here = missing_checkout()
+    if not_here:
+        parser.error(not_here)
     for name in ("time_tolerance", "memory_tolerance", "exponent_tolerance", "alpha", "rounds", "runs"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: it must be positive")

@@ -84,12 +84,41 @@ def _describe(cells: pd.Series | dict, axes: Sequence[str]) -> str:
 def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, baseline: str) -> Path:
     """Write report.html, report.md and the figures' PNG files into out_dir; returns report.html's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows, axes, constants = _labelled(rows)
+    analysis_frames = _analyse(rows, axes, baseline)
+    images = _write_images(_draw(rows, analysis_frames, baseline, constants), out_dir)
+    tables = _tables(rows, analysis_frames, axes, baseline)
+    context = {
+        "title": "Attention Zoo benchmark report",
+        "baseline": baseline,
+        "constants": constants,
+        "axes": axes,
+        "notes": _notes(rows, baseline),
+        "headlines": analysis.headlines(rows, analysis_frames["crossing"], analysis_frames["accuracy"], baseline),
+        "images": images,
+        "runs": [section for d in run_dirs for section in _run_sections(d)],
+        "row_count": len(rows),
+        "tolerance": fit.DECLARED_EXPONENT_TOLERANCE,
+    }
+    html = _render("report.html.j2", True, context, {k: _html_table(t) for k, t in tables.items()})
+    markdown = _render("report.md.j2", False, context, {k: _markdown_table(t) for k, t in tables.items()})
+    (out_dir / "report.md").write_text(markdown)
+    path = out_dir / "report.html"
+    path.write_text(html)
+    return path
+
+
+def _labelled(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str], str]:
+    """The rows with their series and panel labels, the axes that vary, and the constant ones as a caption."""
     rows = label_rows(rows)
     axes = varying_axes(rows)
     rows["panel"] = rows.apply(_describe, axis=1, axes=axes) if axes and len(rows) else ""
     constant = [a for a in AXES if a in rows.columns and a not in axes and rows[a].notna().any()]
-    constants = _describe(rows.iloc[0], constant) if len(rows) else ""
-    colours = figures.palette(rows["series"])
+    return rows, axes, _describe(rows.iloc[0], constant) if len(rows) else ""
+
+
+def _notes(rows: pd.DataFrame, baseline: str) -> list[str]:
+    """Warnings above the report: a baseline with no ok cells, jobs that measured at overlapping times."""
     notes = []
     if baseline not in set(rows.loc[rows["status"] == "ok", "series"]):
         present = ", ".join(sorted(rows["series"].unique())) or "none"
@@ -101,23 +130,35 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
             f"{overlap['start']:%Y-%m-%d %H:%M:%S} UTC). "
             "Jobs measuring at once slow each other down: these timings are not comparable with the others."
         )
+    return notes
 
+
+def _analyse(rows: pd.DataFrame, axes: list[str], baseline: str) -> dict[str, pd.DataFrame]:
+    """The fits and comparisons every figure and table is drawn from."""
     groups = [*axes, "panel", "series"]
-    time_fit = fit.fitted_exponents(
-        rows, groups, "time_ms_median", "declared_time_exponent", complexity="time_complexity"
-    )
-    memory_fit = fit.fitted_exponents(
-        rows, groups, "peak_bytes", "declared_memory_exponent", complexity="memory_complexity"
-    )
-    crossing = analysis.crossover_frame(rows, baseline, axes)
     speedup = analysis.speedup(rows, baseline, axes)
-    accuracy = analysis.accuracy(rows, speedup, axes)
+    return {
+        "time_fit": fit.fitted_exponents(
+            rows, groups, "time_ms_median", "declared_time_exponent", complexity="time_complexity"
+        ),
+        "memory_fit": fit.fitted_exponents(
+            rows, groups, "peak_bytes", "declared_memory_exponent", complexity="memory_complexity"
+        ),
+        "crossing": analysis.crossover_frame(rows, baseline, axes),
+        "speedup": speedup,
+        "accuracy": analysis.accuracy(rows, speedup, axes),
+    }
 
+
+def _draw(rows: pd.DataFrame, frames: dict[str, pd.DataFrame], baseline: str, constants: str) -> dict:
+    """The figures the rows allow, by name: complexity (time, memory), speedup, accuracy."""
+    colours = figures.palette(rows["series"])
+    speedup, accuracy = frames["speedup"], frames["accuracy"]
     drawn = {}
     if rows["status"].isin(("ok", *FAILED_STATUSES)).any():
         for name, value, ylabel, scale, fitted in (
-            ("complexity_time", "time_ms_median", "time (ms, median)", 1.0, time_fit),
-            ("complexity_memory", "peak_bytes", "peak memory (MiB)", 2.0**-20, memory_fit),
+            ("complexity_time", "time_ms_median", "time (ms, median)", 1.0, frames["time_fit"]),
+            ("complexity_memory", "peak_bytes", "peak memory (MiB)", 2.0**-20, frames["memory_fit"]),
         ):
             exponents = {(f["panel"], f["series"]): f["exponent"] for _, f in fitted.iterrows()}
             drawn[name] = figures.complexity_figure(rows, value, ylabel, exponents, colours, scale, constants)
@@ -129,40 +170,31 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         drawn["accuracy"] = figures.accuracy_figure(
             accuracy, _spread(sorted(accuracy["seq_len"].unique())), baseline_ms, impl_colours, constants
         )
+    return drawn
+
+
+def _write_images(drawn: dict, out_dir: Path) -> dict[str, dict[str, str]]:
+    """Each figure as a PNG file in out_dir and as a data URI for the self-contained HTML."""
     images = {}
     for name, figure in drawn.items():
         png = figures.png_bytes(figure)
         (out_dir / f"{name}.png").write_bytes(png)
         images[name] = {"file": f"{name}.png", "data_uri": "data:image/png;base64," + base64.b64encode(png).decode()}
+    return images
 
-    tables = {
-        "exponents": analysis.exponent_table(time_fit, memory_fit, axes),
-        "crossovers": analysis.crossover_table(crossing, axes, baseline),
-        "speedup": analysis.speedup_table(speedup, axes),
-        "accuracy": analysis.accuracy_table(accuracy, axes),
+
+def _tables(rows: pd.DataFrame, frames: dict[str, pd.DataFrame], axes: list[str], baseline: str) -> dict:
+    """The report's tables, by name, as frames of display strings."""
+    return {
+        "exponents": analysis.exponent_table(frames["time_fit"], frames["memory_fit"], axes),
+        "crossovers": analysis.crossover_table(frames["crossing"], axes, baseline),
+        "speedup": analysis.speedup_table(frames["speedup"], axes),
+        "accuracy": analysis.accuracy_table(frames["accuracy"], axes),
         "status_counts": analysis.status_counts(rows),
         "failed": analysis.not_measured(rows, axes, unsupported=False),
         "unsupported": analysis.not_measured(rows, axes, unsupported=True),
         "run_environment": analysis.environment_columns(rows, ENV_COLUMNS),
     }
-    context = {
-        "title": "Attention Zoo benchmark report",
-        "baseline": baseline,
-        "constants": constants,
-        "axes": axes,
-        "notes": notes,
-        "headlines": analysis.headlines(rows, crossing, accuracy, baseline),
-        "images": images,
-        "runs": [section for d in run_dirs for section in _run_sections(d)],
-        "row_count": len(rows),
-        "tolerance": fit.EXPONENT_TOLERANCE,
-    }
-    html = _render("report.html.j2", True, context, {k: _html_table(t) for k, t in tables.items()})
-    markdown = _render("report.md.j2", False, context, {k: _markdown_table(t) for k, t in tables.items()})
-    (out_dir / "report.md").write_text(markdown)
-    path = out_dir / "report.html"
-    path.write_text(html)
-    return path
 
 
 def _spread(n_values: list, count: int = 4) -> list:

@@ -10,6 +10,7 @@ option of the same section (`AtMost("max_samples")`) compares with it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,17 @@ from omegaconf import DictConfig
 from attention_zoo.rules import Above, AtLeast, AtMost, declared
 from bench.core.locks import TIMING_LOCK
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _conf_dir() -> Path:
+    """The config folder: the installed package's (conf/ is mapped into the wheel as bench.conf, pyproject.toml),
+    else conf/ beside bench/ in a checkout run from source (scripts/gpu_check.sh, an older editable install)."""
+    spec = importlib.util.find_spec("bench.conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
