@@ -90,7 +90,7 @@ class Entry:
     executed_flops_fn: FlopsFn | None = None  # None: the entry executes only the work flops_fn counts
     availability: AvailabilityFn = _always_available
     backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
-    check_hparams: Mapping[str, Any] = field(default_factory=dict)
+    oracle_hparams: Mapping[str, Any] = field(default_factory=dict)
     suite_hparams: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
@@ -189,7 +189,7 @@ def register(
     flops_executed: FlopsFn | None = None,
     availability: AvailabilityFn = _always_available,
     backward_availability: AvailabilityFn = _always_available,
-    check_hparams: Mapping[str, Any] | None = None,
+    oracle_hparams: Mapping[str, Any] | None = None,
     suite_hparams: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
@@ -200,7 +200,7 @@ def register(
     executes masked or padded work (whole tiles, buckets, slabs), counts everything it executes.
     availability(problem) says why the entry cannot run a problem at all (None: it can);
     backward_availability(problem), asked for the backward pass only, why it has no backward there.
-    check_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
+    oracle_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
     suite_hparams the regression suite's (bench/check/suite.py: N = 256..2048), where the suite's
     sizes by hyperparameter name do not fit the entry.
     """
@@ -235,17 +235,17 @@ def register(
             executed_flops_fn=flops_executed,
             availability=availability,
             backward_availability=backward_availability,
-            check_hparams=MappingProxyType(dict(check_hparams or {})),
+            oracle_hparams=MappingProxyType(dict(oracle_hparams or {})),
             suite_hparams=MappingProxyType(dict(suite_hparams or {})),
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
             declared=MappingProxyType(_declared_hparams(entry_name, builder)),
         )
-        # fail at registration, not at run time, on a bad check_hparams/suite_hparams key or a default its rules refuse
-        for kind, given in (("check_hparams", entry.check_hparams), ("suite_hparams", entry.suite_hparams)):
+        # fail at registration, not at run time, on a bad oracle_hparams/suite_hparams key or a default its rules refuse
+        for kind, given in (("oracle_hparams", entry.oracle_hparams), ("suite_hparams", entry.suite_hparams)):
             unknown = set(given) - set(entry.hparams)
             if unknown:
                 raise ValueError(f"{entry_name}: {kind} {sorted(unknown)} are not hyperparameters")
-        entry.resolve_hparams(entry.check_hparams)
+        entry.resolve_hparams(entry.oracle_hparams)
         entry.resolve_hparams(entry.suite_hparams)
         _REGISTRY[entry_name] = entry
         return builder

@@ -264,7 +264,7 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     features=("padding", "gqa"),
     flops=computed_flops,
     availability=_availability,
-    check_hparams={"block_size": 8, "num_random_blocks": 2},
+    oracle_hparams={"block_size": 8, "num_random_blocks": 2},
     suite_hparams={"block_size": 32},
 )
 def bigbird(

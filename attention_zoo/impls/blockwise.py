@@ -160,7 +160,7 @@ def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     time="N^2",
     memory="N",
     flops_executed=_executed_flops,
-    check_hparams={"q_tile": 16, "k_tile": 24},
+    oracle_hparams={"q_tile": 16, "k_tile": 24},
 )
 def blockwise(
     problem: Problem, *, q_tile: Annotated[int, AtLeast(1)] = 256, k_tile: Annotated[int, AtLeast(1)] = 512

@@ -93,7 +93,7 @@ def linformer_flops(problem: Problem, hparams: dict) -> float:
     features=("padding", "gqa", "cross"),
     flops=linformer_flops,
     availability=_availability,
-    check_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
+    oracle_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
 )
 def linformer(
     problem: Problem,

@@ -220,13 +220,13 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
 BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops}
 
 
-@register(time="N*w", memory="N*w", check_hparams={"window": 5}, **BANDED)
+@register(time="N*w", memory="N*w", oracle_hparams={"window": 5}, **BANDED)
 def sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
     return SlidingWindowAttention(problem, window, 0)
 
 
-@register(time="N*(w+g)", memory="N*(w+g)", check_hparams={"window": 5, "global_tokens": 3}, **BANDED)
+@register(time="N*(w+g)", memory="N*(w+g)", oracle_hparams={"window": 5, "global_tokens": 3}, **BANDED)
 def window_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
     return SlidingWindowAttention(problem, window, global_tokens)

@@ -196,7 +196,7 @@ def _executed_flops(problem: Problem, hparams: dict) -> float:
     flops=_flops,
     flops_executed=_executed_flops,
     availability=_availability,
-    check_hparams={"segment_len": 16, "mem_len": 12},
+    oracle_hparams={"segment_len": 16, "mem_len": 12},
 )
 def transformer_xl(
     problem: Problem,

@@ -81,7 +81,7 @@ def _linformer_availability(problem: Problem) -> str | None:
     features=("cross", "gqa"),
     flops=linformer_flops,
     availability=_linformer_availability,
-    check_hparams={"proj_len": 8},
+    oracle_hparams={"proj_len": 8},
 )
 def peer_linformer(
     problem: Problem, *, proj_len: Annotated[int, AtLeast(1)] = 256, share_kv: bool = False, seed: int = 0

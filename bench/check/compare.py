@@ -243,3 +243,9 @@ def largest_changes(table: pd.DataFrame) -> str:
             change = f"{row['change']:+.2f}" if check.endswith("exponent") else f"{100 * row['change']:+.1f}%"
             parts.append(f"{check} {change} ({row['impl']} {row['mode']})")
     return ", ".join(parts)
+
+
+def flagged_pairs(*tables: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (entry, mode) pairs any of the tables flags."""
+    flagged = pd.concat([table.loc[table["regressed"].astype(bool), ["impl", "mode"]] for table in tables])
+    return set(flagged.itertuples(index=False, name=None))

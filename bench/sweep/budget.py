@@ -12,6 +12,7 @@ from typing import Any
 from attention_zoo.modes import MODES
 from bench.core.cell import Cell
 from bench.sweep.accuracy import REFERENCE_ROWS
+from bench.sweep.flops import cell_flops
 
 MEMORY_LIMIT_FRACTION = 0.9  # default worker RSS limit, as a fraction of MemAvailable at start
 SCORE_COPIES = 2  # scores and probabilities, per pass: a backward adds their gradients
@@ -46,3 +47,12 @@ def predict_bytes(cell: Cell, memory_exponent: float) -> int:
     # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v
     reference_bytes = 8 * (2 * p.batch * p.q_heads * min(p.q_len, REFERENCE_ROWS) * p.kv_len + 2 * k_and_v)
     return int(work_bytes + reference_bytes)
+
+
+def skip_reason(cell: Cell, predicted_bytes: int, limit_bytes: int, max_cell_flops: float | None) -> str | None:
+    """Why a cell is skipped before it runs (predicted over the memory limit, over sweep.max_cell_flops), or None."""
+    if predicted_bytes > limit_bytes:
+        return f"predicted {predicted_bytes / 2**30:.1f} GiB exceeds the memory limit {limit_bytes / 2**30:.1f} GiB"
+    if max_cell_flops is not None and (flops := cell_flops(cell)) > max_cell_flops:
+        return f"{flops:.3g} FLOPs exceed sweep.max_cell_flops={max_cell_flops:.3g}"
+    return None

@@ -15,7 +15,7 @@ from attention_zoo import Problem
 from attention_zoo.modes import MODES
 from bench.core.cell import Cell
 from bench.errors import BenchConfigError
-from bench.sweep.config import check_options
+from bench.sweep.config import validate_options
 
 GLOB_CHARS = set("*?[")
 
@@ -121,7 +121,7 @@ def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]
 def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    check_options(plain)
+    validate_options(plain)
     impls, sweep = plain["impls"], plain["sweep"]
     for module in plain.get("imports", []):
         _import(module)  # extra entries (plugins, tests) register on import

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from typing import Any
 
 import torch
 
@@ -61,3 +63,14 @@ def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
             synchronize(device_type)
         samples = timer_for(device_type)(lambda: None, lambda _: a @ b, *GEMM_SAMPLES[device_type])
     return 2 * size**3 / (samples.median / 1e3)
+
+
+def with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
+    """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
+    flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
+    seconds = row.get("time_ms_median", math.nan) / 1e3
+    flop_per_s = flops / seconds if seconds > 0 else math.nan
+    executed_per_s = flops_executed / seconds if seconds > 0 else math.nan
+    return {**row, "flops": flops, "flops_executed": flops_executed, "flop_per_s": flop_per_s,
+            "gemm_flop_per_s": gemm_flop_per_s, "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s,
+            "pct_of_gemm_executed": 100 * executed_per_s / gemm_flop_per_s}  # fmt: skip
