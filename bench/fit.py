@@ -1,7 +1,7 @@
 """Power-law fits in N and crossover points: the numbers behind the report's complexity claims.
 
 Used by the report and by the regression check; every function takes plain arrays or a tidy
-results frame (SCHEMA.md) and never plots or formats.
+results frame (docs/rows.md) and never plots or formats.
 
 Which exponent is "the" exponent: fixed costs (Python dispatch, kernel launch, allocation) flatten
 a curve at small N, so a least-squares slope over every point underestimates the asymptotic growth

@@ -1,4 +1,4 @@
-"""The row schema of a sweep's results (one row per cell) and the loader.
+"""The row schema of a sweep's results (one row per cell; every column in docs/rows.md) and the loader.
 
 The loader reads rows.csv (tolerating a truncated last line, as a killed run leaves it) and merges
 any number of run folders and multirun sweep folders; a damaged rows.csv is an error naming its bad

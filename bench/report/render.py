@@ -1,6 +1,6 @@
 """`python -m bench.report RESULTS_DIR [...]`: complexity plots, exponents, crossovers, report.html and report.md.
 
-The report reads rows (SCHEMA.md) and never re-runs a cell. Rows are labelled with a `series`
+The report reads rows (docs/rows.md) and never re-runs a cell. Rows are labelled with a `series`
 (impl, plus the hyperparameters that vary for that impl: "performer m=64") and a `panel` (the
 values of the problem axes that vary across the rows: "mode=fwd, causal=True"); every figure,
 fit and table is then per (panel, series).
