@@ -286,6 +286,7 @@ def _run_check(*args):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_real_suite_catches_injected_regressions_against_the_base_commit(tmp_path):
     """The A/B against HEAD: unchanged, it passes; with tests/bench_regressions.py injected, each entry is named.
 
