@@ -34,13 +34,14 @@ import torch
 from attention_zoo.complexity import Complexity
 from attention_zoo.errors import HyperparameterError, UnknownImplError, UnsupportedError
 from attention_zoo.interface import Attention
-from attention_zoo.modes import PASSES, mode_of
 from attention_zoo.natural_sort import natural_key
 from attention_zoo.problem import DTYPES, Problem
 from attention_zoo.rules import Declared, RuleError, declarations
 
 FAMILIES = ("full", "flash", "sparse", "low_rank", "kernel", "memory")
-MODES = PASSES  # what unsupported_reason answers for: "forward", "backward"
+MODES = ("forward", "backward")  # the passes unsupported_reason answers for
+# FLOPs per pass in multiples of the forward (FlashAttention's count of a backward); flops() also takes both at once
+PASS_FLOP_FACTORS = {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}
 FEATURES = ("causal", "padding", "gqa", "cross")
 ENTRY_POINT_GROUP = "attention_zoo.impls"
 
@@ -158,7 +159,7 @@ class Entry:
         return self.builder(problem, **self.resolve_hparams(overrides, problem))
 
     def flops(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
-        """Useful FLOPs of a mode (the bench's "fwd", "bwd", "fwd_bwd", or the registry's spelling), see modes.py."""
+        """Useful FLOPs of one pass ("forward", "backward", or "forward_backward": both), see PASS_FLOP_FACTORS."""
         return self._per_mode(self.flops_fn, problem, mode, overrides)
 
     def flops_executed(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
@@ -167,7 +168,7 @@ class Entry:
 
     def _per_mode(self, forward_fn: FlopsFn, problem: Problem, mode: str, overrides: Mapping[str, Any]) -> float:
         forward = forward_fn(problem, self.resolve_hparams(overrides))
-        return forward * mode_of(mode).flop_factor
+        return forward * PASS_FLOP_FACTORS[mode]
 
 
 _REGISTRY: dict[str, Entry] = {}

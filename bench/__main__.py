@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bench.errors import exit_on_user_error
+from bench.command_line import exit_on_user_error
 from bench.sweep.config import CONF_DIR, register_configs
 from bench.sweep.precheck import precheck
 from bench.sweep.resume import resume, resume_sweep, saved_run

@@ -23,7 +23,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict
 
-from bench.errors import described
+from bench.command_line import described
 
 STATE_POLL_MIN_S, STATE_POLL_MAX_S = 5.0, 60.0  # how often sacct is asked: a tenth of the wait, within these
 KILL_WAIT_MAX_S = 300.0  # how long stopped jobs may take to leave their node

@@ -14,6 +14,7 @@ BENCH = REPO / "bench"
 SUBSYSTEMS = ("bench.sweep", "bench.report", "bench.check")
 HARNESS = ("bench.sweep", "bench.check")  # what runs cells, and so imports torch
 MAX_LINES = 450
+ZOO_API = {"attention_zoo.Problem", "attention_zoo.get", "attention_zoo.list_impls"}  # README's, for the A/B base side
 
 
 def _module(path: Path) -> str:
@@ -39,16 +40,33 @@ def _files(*parts: str) -> list[Path]:
     return found
 
 
-@pytest.mark.parametrize("path", _files("core", "rows", "fit", "errors"), ids=_module)
+@pytest.mark.parametrize("path", _files("core", "rows", "fit", "errors", "command_line"), ids=_module)
 def test_the_core_imports_no_subsystem(path: Path) -> None:
     wrong = sorted(m for m in _imports(path) if m.startswith(SUBSYSTEMS))
     assert not wrong, f"{_module(path)} imports {wrong}: the core, rows, fit and errors sit below the subsystems"
 
 
-@pytest.mark.parametrize("path", _files("report", "rows", "fit", "errors"), ids=_module)
+@pytest.mark.parametrize("path", _files("report", "rows", "fit", "errors", "command_line"), ids=_module)
 def test_the_report_imports_no_torch(path: Path) -> None:
     wrong = sorted(m for m in _imports(path) if m.split(".")[0] == "torch" or m.startswith(HARNESS))
     assert not wrong, f"{_module(path)} imports {wrong}: the report reads rows without torch or the harness"
+
+
+# What the regression suite's processes import: on the base side of an A/B that is this tree's harness with an
+# older commit's attention_zoo, so it may use only the zoo API README lists (names of the package itself).
+SUITE_SIDE = [*_files("core", "errors"), BENCH / "check" / "suite.py", *sorted((REPO / "benchmarks").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", SUITE_SIDE, ids=lambda path: str(path.relative_to(REPO)))
+def test_the_suite_uses_only_the_zoo_api_an_older_commit_has(path: Path) -> None:
+    suite_side = {_module(p) for p in SUITE_SIDE}
+    wrong = sorted(
+        m
+        for m in _imports(path)
+        if (m.startswith("attention_zoo.") and m not in ZOO_API)
+        or (m.startswith("bench.") and m not in suite_side and m.rpartition(".")[0] not in suite_side)
+    )
+    assert not wrong, f"{path.relative_to(REPO)} imports {wrong}, which the base side of an A/B may not have"
 
 
 def _loaded_after(statement: str) -> list[str]:

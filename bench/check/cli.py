@@ -40,7 +40,7 @@ from bench.check.same_host import (
     AB_ROUNDS,
     AB_RUNS,
 )
-from bench.errors import OneLineParser
+from bench.command_line import OneLineParser
 
 CONFIRM_RUNS = 1
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import attention_zoo
 from attention_zoo import Problem
-from attention_zoo.modes import MODES
+from bench.core.modes import MODES
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import OneLineParser, UserError, exit_on_user_error
+from bench.command_line import OneLineParser, exit_on_user_error
+from bench.errors import UserError
 from bench.report.render import BASELINE, render_report
 from bench.rows import load
 

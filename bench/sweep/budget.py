@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from attention_zoo.modes import MODES
 from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.sweep.accuracy import REFERENCE_ROWS
 from bench.sweep.flops import cell_flops
 

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
-from attention_zoo.modes import MODES
 from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.errors import BenchConfigError
 from bench.sweep.config import validate_options
 

@@ -12,6 +12,7 @@ import torch
 import attention_zoo
 from attention_zoo import Problem
 from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.sweep.timing import on_device, synchronize, timer_for
 
 # The square matmul used as the ceiling. CPU: big enough for the BLAS to reach its steady state, small
@@ -29,7 +30,7 @@ def cell_flops(cell: Cell) -> float:
     # counted for the same problem on the host: FLOPs do not depend on the device, and the runner that
     # counts them must not touch the GPU (flex's count builds its masks on the problem's device)
     problem = dataclasses.replace(cell.problem, device="cpu")
-    return entry.flops(problem, cell.mode, **cell.hparams)
+    return sum(entry.flops(problem, timed, **cell.hparams) for timed in MODES[cell.mode].timed)
 
 
 def gemm_size(device: str) -> int:
@@ -46,7 +47,7 @@ def gemm_size(device: str) -> int:
 def cell_flops_executed(cell: Cell) -> float:
     """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
     entry = attention_zoo.get(cell.impl)
-    return entry.flops_executed(cell.problem, cell.mode, **cell.hparams)
+    return sum(entry.flops_executed(cell.problem, timed, **cell.hparams) for timed in MODES[cell.mode].timed)
 
 
 def measure_gemm_flop_per_s(device: str, dtype: str) -> float:

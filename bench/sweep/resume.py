@@ -21,7 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from attention_zoo.errors import first_line
-from bench.errors import USER_ERRORS, BenchConfigError, one_line
+from bench.command_line import USER_ERRORS, one_line
+from bench.errors import BenchConfigError
 from bench.rows import read_rows_csv
 from bench.sweep.cases import expand
 from bench.sweep.config import BenchConfig

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from bench.command_line import described
 from bench.core.cell import unsupported_reason
 from bench.core.memory import status_bytes
-from bench.errors import described
 from bench.sweep.environment import device_environment
 from bench.sweep.flops import measure_gemm_flop_per_s
 from bench.sweep.measure import measure_cell
