@@ -1,4 +1,4 @@
-"""The row schema of a sweep's results (one row per cell) and the loader.
+"""The row schema of a sweep's results (one row per cell; every column in docs/rows.md) and the loader.
 
 The loader reads rows.csv (tolerating a truncated last line, as a killed run leaves it) and merges
 any number of run folders and multirun sweep folders; a damaged rows.csv is an error naming its bad
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from attention_zoo.natural_sort import natural_key
 from bench.errors import UserError
 
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
@@ -41,7 +40,10 @@ MEASURED_COLUMNS = [
 # empty means "", not missing
 TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
                 "driver_version", "compute_capability", "flash_version"]  # fmt: skip
+# every row's status: measured, or why not (the entry cannot run it, predicted too big, out of memory, past its
+# time limit, failed); the failed ones are drawn where they failed
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error")
+FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 
 
 class DamagedResultsError(UserError):
@@ -91,10 +93,6 @@ def _bad_lines(text: str) -> list[int]:
     return [reader.line_num for fields in reader if len(fields) != width]
 
 
-def _job_order(path: Path) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def load(*run_dirs: str | Path) -> pd.DataFrame:
     """Rows of any run folders, and of every job folder inside multirun sweep folders, merged into one frame."""
     frames = []
@@ -102,7 +100,7 @@ def load(*run_dirs: str | Path) -> pd.DataFrame:
         files = (
             [run_dir / ROWS_CSV]
             if (run_dir / ROWS_CSV).exists()
-            else sorted(run_dir.glob(f"*/{ROWS_CSV}"), key=_job_order)
+            else sorted(run_dir.glob(f"*/{ROWS_CSV}"), key=natural_key)
         )
         if not files:
             raise NoResultsError(f"{run_dir} holds no {ROWS_CSV}, nor do its job folders: give a run or sweep folder")

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from attention_zoo import Problem
-from bench.__main__ import job_overrides, main
-from bench.sweep.accuracy import allowed_rows, sampled_rows
+from bench.__main__ import main
+from bench.sweep.accuracy import sampled_rows
 from bench.sweep.cases import expand
 from bench.sweep.config import CONF_DIR, compose_config
+from bench.sweep.precheck import job_overrides
 
 GROUP_OPTIONS = sorted(f"{path.parent.name}={path.stem}" for path in CONF_DIR.glob("*/*.yaml"))
 
@@ -89,4 +90,4 @@ def test_sampled_rows_of_the_allowed_mask_match_the_full_mask():
     problem = Problem(batch=2, q_heads=2, q_len=300, kv_len=333, causal=True, kv_valid_lens=(333, 200))
     rows = sampled_rows(problem.q_len)
     assert len(rows) == 256 and rows[0] == 0 and rows[-1] == problem.q_len - 1
-    assert torch.equal(allowed_rows(problem, rows), problem.allowed_mask()[:, :, rows])
+    assert torch.equal(problem.allowed_mask(rows), problem.allowed_mask()[:, :, rows])

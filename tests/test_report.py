@@ -1,4 +1,4 @@
-"""The report (bench.report): labels, tables and pages built from synthetic rows following SCHEMA.md."""
+"""The report (bench.report): labels, tables and pages built from synthetic rows following docs/rows.md."""
 
 import base64
 import io
@@ -49,7 +49,7 @@ def error_of(hparams: dict) -> float:
 
 
 def synthetic_rows(run_id="run-a", host="host-a", device_name="cpu-a", causal=(False, True), seed=0):
-    """Rows following SCHEMA.md, timed with ~3% multiplicative noise."""
+    """Rows following docs/rows.md, timed with ~3% multiplicative noise."""
     rng = np.random.default_rng(seed)
     records = []
     for flag in causal:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
@@ -110,10 +111,6 @@ def block_counts_dense(
     return dense_attention(q, k, v, allowed, score_bias=tokens.double().clamp_min(1).log()[None])
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
 class BigBirdAttention(Attention):
     """Block-sparse attention: middle query blocks against window slab + global keys + gathered random blocks."""
 
@@ -133,7 +130,7 @@ class BigBirdAttention(Attention):
         self.back_start = min(n, (nb - layout.back) * bs)
         valid = problem.key_padding_mask()
         valid = torch.ones(1, n, dtype=torch.bool, device=device) if valid is None else valid  # (B', N)
-        self.register_buffer("row_bias", _additive(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
+        self.register_buffer("row_bias", additive_bias(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
         self.global_keys = [*range(self.front_end), *range(self.back_start, n)]
         middle = torch.tensor(list(layout.middle), dtype=torch.long, device=device)
         if len(middle):
@@ -153,13 +150,13 @@ class BigBirdAttention(Attention):
             global_allowed = gather_valid(gk)  # (B', g*bs)
             heads, kv_heads = problem.q_heads, problem.kv_heads
             group, nm = heads // kv_heads, len(middle)
-            slab_bias = _additive(slab_allowed, self.compute_dtype)[:, None, :, None, None, :].expand(
+            slab_bias = additive_bias(slab_allowed, self.compute_dtype)[:, None, :, None, None, :].expand(
                 -1, kv_heads, nm, group, 1, -1
             )
-            global_bias = _additive(global_allowed, self.compute_dtype)[:, None, None, None, None, :].expand(
+            global_bias = additive_bias(global_allowed, self.compute_dtype)[:, None, None, None, None, :].expand(
                 -1, kv_heads, nm, group, 1, -1
             )
-            rand_bias = _additive(rand_allowed, self.compute_dtype).view(-1, kv_heads, group, nm, 1, rand.shape[-1])
+            rand_bias = additive_bias(rand_allowed, self.compute_dtype).view(-1, kv_heads, group, nm, 1, rand.shape[-1])
             rand_bias = rand_bias.transpose(2, 3)
             # (B', Hkv, nm, G, 1, w*bs + g*bs + r*bs): every middle score column's mask
             self.register_buffer("middle_bias", torch.cat([slab_bias, global_bias, rand_bias], dim=-1).contiguous())
@@ -267,7 +264,7 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     features=("padding", "gqa"),
     flops=computed_flops,
     availability=_availability,
-    check_hparams={"block_size": 8, "num_random_blocks": 2},
+    oracle_hparams={"block_size": 8, "num_random_blocks": 2},
     suite_hparams={"block_size": 32},
 )
 def bigbird(

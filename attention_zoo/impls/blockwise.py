@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import torch
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
@@ -67,8 +68,7 @@ class _Tiling:
             allowed = allowed & (k_pos[None, :] <= q_pos[:, None] + self.offset)
         if crosses_padding and self.valid is not None:
             allowed = allowed & (k_pos < self.valid[:, None, None, None, None])
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        return bias.masked_fill_(~allowed, float("-inf"))
+        return additive_bias(allowed, dtype)
 
 
 class _FlashFunction(torch.autograd.Function):
@@ -160,7 +160,7 @@ def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     time="N^2",
     memory="N",
     flops_executed=_executed_flops,
-    check_hparams={"q_tile": 16, "k_tile": 24},
+    oracle_hparams={"q_tile": 16, "k_tile": 24},
 )
 def blockwise(
     problem: Problem, *, q_tile: Annotated[int, AtLeast(1)] = 256, k_tile: Annotated[int, AtLeast(1)] = 512

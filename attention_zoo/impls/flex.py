@@ -101,13 +101,13 @@ FLEX = {
 }
 
 
-@register(time="N*w", memory="N", check_hparams={"window": 5}, **FLEX)
+@register(time="N*w", memory="N", oracle_hparams={"window": 5}, **FLEX)
 def flex_sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """sliding_window's band through compiled flex_attention and a BlockMask (build compiles; forward only)."""
     return FlexWindowAttention(problem, window, 0)
 
 
-@register(time="N*(w+g)", memory="N", check_hparams={"window": 5, "global_tokens": 3}, **FLEX)
+@register(time="N*(w+g)", memory="N", oracle_hparams={"window": 5, "global_tokens": 3}, **FLEX)
 def flex_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """window_global's Longformer pattern through compiled flex_attention and a BlockMask (build compiles)."""
     return FlexWindowAttention(problem, window, global_tokens)

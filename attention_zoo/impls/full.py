@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
 
@@ -21,13 +22,7 @@ class FullAttention(Attention):
         self.scale = 1.0 / math.sqrt(problem.head_dim)
         allowed = problem.allowed_mask() if problem.features & {"causal", "padding"} else None
         # an additive mask built once, so the call does only the attention's own work
-        self.score_mask = (
-            None
-            if allowed is None
-            else torch.zeros(allowed.shape, dtype=problem.compute_dtype, device=problem.device).masked_fill(
-                ~allowed, float("-inf")
-            )
-        )
+        self.score_mask = None if allowed is None else additive_bias(allowed, problem.compute_dtype)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, kv_heads, kv_len, head_dim = k.shape

@@ -118,7 +118,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*d*(d+c)",
     memory="N*(d+c)",
     flops=_flops,
-    check_hparams={"causal_chunk": 16},
+    oracle_hparams={"causal_chunk": 16},
 )
 def linear_attention(problem: Problem, *, causal_chunk: Annotated[int, AtLeast(1)] = 64) -> Attention:
     """Linear attention (Katharopoulos): phi = elu + 1, phi(Q)(phi(K)^T V) with its normaliser, in O(N*d^2)."""

@@ -8,15 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attention_zoo.errors import first_line
 from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 class PinnedSDPA(Attention):
@@ -50,7 +46,7 @@ def _probe(backend: SDPBackend, probe: Problem) -> str | None:
     try:
         PinnedSDPA(probe, backend)(*probe.make_inputs())
     except RuntimeError as error:
-        return f"SDPA's {backend.name} backend cannot run this problem: {_first_line(error)}"
+        return f"SDPA's {backend.name} backend cannot run this problem: {first_line(error) or type(error).__name__}"
     return None
 
 

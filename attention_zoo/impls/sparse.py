@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
@@ -130,10 +131,6 @@ class BandLayout:
         return total if banded.shape[0] == self.problem.batch else total * self.problem.batch
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
 class SlidingWindowAttention(Attention):
     """Banded attention by query blocks against contiguous key slabs; GQA by broadcasting, no K/V copy per head."""
 
@@ -151,9 +148,9 @@ class SlidingWindowAttention(Attention):
         dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
         dtype = problem.compute_dtype  # float32 scores and sums for half-precision inputs
         self.row_keep = live[:, None, :, None, :, None].to(dtype) if dead_queries.any() else None
-        self.slab_bias = _additive(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
-        self.global_key_bias = _additive(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
-        self.global_row_bias = _additive(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
+        self.slab_bias = additive_bias(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
+        self.global_key_bias = additive_bias(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
+        self.global_row_bias = additive_bias(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         layout = self.layout
@@ -223,13 +220,13 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
 BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops}
 
 
-@register(time="N*w", memory="N*w", check_hparams={"window": 5}, **BANDED)
+@register(time="N*w", memory="N*w", oracle_hparams={"window": 5}, **BANDED)
 def sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
     return SlidingWindowAttention(problem, window, 0)
 
 
-@register(time="N*(w+g)", memory="N*(w+g)", check_hparams={"window": 5, "global_tokens": 3}, **BANDED)
+@register(time="N*(w+g)", memory="N*(w+g)", oracle_hparams={"window": 5, "global_tokens": 3}, **BANDED)
 def window_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
     return SlidingWindowAttention(problem, window, global_tokens)

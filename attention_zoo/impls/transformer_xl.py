@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
@@ -76,9 +77,7 @@ class TransformerXLAttention(Attention):
         mask = problem.key_padding_mask()  # (B, N) or None
         self.register_buffer(
             "key_padding_bias",
-            None
-            if mask is None
-            else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))[:, None, None],
+            None if mask is None else additive_bias(mask, dtype)[:, None, None],
         )
         if relative:
             generator = torch.Generator().manual_seed(seed)
@@ -105,9 +104,7 @@ class TransformerXLAttention(Attention):
                 allowed = segment_memory_allowed(
                     q_pos, torch.arange(mem_start, stop, device=device), segment_len, mem_len
                 )
-                self.causal_bias[shape] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                    ~allowed, float("-inf")
-                )
+                self.causal_bias[shape] = additive_bias(allowed, dtype)
             if problem.kv_valid_lens is not None and mem_start >= min(problem.kv_valid_lens):
                 keyless = torch.tensor([n <= mem_start for n in problem.kv_valid_lens], device=device)
                 self.keyless[start] = keyless[:, None, None, None]
@@ -199,7 +196,7 @@ def _executed_flops(problem: Problem, hparams: dict) -> float:
     flops=_flops,
     flops_executed=_executed_flops,
     availability=_availability,
-    check_hparams={"segment_len": 16, "mem_len": 12},
+    oracle_hparams={"segment_len": 16, "mem_len": 12},
 )
 def transformer_xl(
     problem: Problem,

@@ -190,7 +190,7 @@ LaunchSetting = Annotated[int, AtLeast(0)]  # 0: automatic
     devices=("cpu", "cuda"),
     dtypes=("float16", "bfloat16", "float32"),
     availability=_availability,
-    check_hparams={"block_m": 16, "block_n": 16},
+    oracle_hparams={"block_m": 16, "block_n": 16},
 )
 def triton_flash(
     problem: Problem,

@@ -109,7 +109,7 @@ def _hf_bigbird_availability(problem: Problem, hparams: dict) -> str | None:
         problem, {**hparams, "num_window_blocks": 3, "num_global_blocks": 2}
     ),
     availability=_hf_bigbird_availability,
-    check_hparams={"block_size": 7, "num_random_blocks": 1},
+    oracle_hparams={"block_size": 7, "num_random_blocks": 1},
 )
 def peer_hf_bigbird(
     problem: Problem, *, block_size: Positive = 64, num_random_blocks: NonNegative = 3, seed: int = 0

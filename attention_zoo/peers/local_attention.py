@@ -99,7 +99,7 @@ def _local_attention_flops(problem: Problem, hparams: dict) -> float:
     features=("causal", "padding"),
     flops=_local_attention_flops,
     availability=lambda problem: missing_reason("local_attention", "local-attention"),
-    check_hparams={"window": 8},
+    oracle_hparams={"window": 8},
 )
 def peer_local_attention(
     problem: Problem, *, window: Annotated[int, AtLeast(1)] = 256, exact_windowsize: bool = True

@@ -98,7 +98,7 @@ def _nystrom_flops(problem: Problem, hparams: dict) -> float:
     features=(),
     flops=_nystrom_flops,
     availability=_landmark_availability("transformers", "transformers"),
-    check_hparams={"num_landmarks": 7},
+    oracle_hparams={"num_landmarks": 7},
 )
 def peer_hf_nystromformer(problem: Problem, *, num_landmarks: Positive = 64) -> Attention:
     """HF transformers' Nystromformer self-attention core (no conv; per-head pinv initialisation as ours)."""
@@ -148,7 +148,7 @@ class PeerNystromAttention(Attention):
     features=(),
     flops=nystromformer.computed_flops,
     availability=_landmark_availability("nystrom-attention", "nystrom_attention"),
-    check_hparams={"num_landmarks": 7},
+    oracle_hparams={"num_landmarks": 7},
 )
 def peer_nystrom_attention(
     problem: Problem, *, num_landmarks: Positive = 64, pinv_iterations: NonNegative = 6

@@ -96,7 +96,7 @@ def _performer_flops(problem: Problem, hparams: dict) -> float:
     features=("causal", "cross"),
     flops=_performer_flops,
     availability=_performer_availability,
-    check_hparams={"num_features": 16},
+    oracle_hparams={"num_features": 16},
 )
 def peer_performer(
     problem: Problem, *, num_features: Annotated[int, AtLeast(1)] = 256, redraw: bool = False, seed: int = 0

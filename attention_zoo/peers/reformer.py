@@ -103,7 +103,7 @@ def _lsh_availability(package: str, module: str, multiple: int):
     features=("causal",),
     flops=reformer.computed_flops,
     availability=_lsh_availability("transformers", "transformers", 1),
-    check_hparams={"bucket_size": 7, "n_hashes": 2},
+    oracle_hparams={"bucket_size": 7, "n_hashes": 2},
 )
 def peer_hf_reformer(
     problem: Problem, *, n_hashes: Positive = 2, bucket_size: Positive = 64, seed: int = 0
@@ -163,7 +163,7 @@ def _reformer_pytorch_flops(problem: Problem, hparams: dict) -> float:
     features=("causal",),
     flops=_reformer_pytorch_flops,
     availability=_lsh_availability("reformer-pytorch", "reformer_pytorch", 2),
-    check_hparams={"bucket_size": 5, "n_hashes": 2},
+    oracle_hparams={"bucket_size": 5, "n_hashes": 2},
 )
 def peer_reformer_pytorch(
     problem: Problem, *, n_hashes: Positive = 2, bucket_size: Positive = 64, seed: int = 0

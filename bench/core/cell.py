@@ -11,9 +11,7 @@ from typing import Any
 
 import attention_zoo
 from attention_zoo import Problem
-
-# the registry's passes each benchmark mode runs
-MODE_PASSES = {"fwd": ("forward",), "bwd": ("forward", "backward"), "fwd_bwd": ("forward", "backward")}
+from bench.core.modes import MODES
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ class Cell:
 def unsupported_reason(cell: Cell) -> str | None:
     """Why the cell cannot run here (the entry's reason, the registry's device rule included), or None."""
     entry = attention_zoo.get(cell.impl)
-    for registry_mode in MODE_PASSES[cell.mode]:
+    for registry_mode in MODES[cell.mode].passes:
         reason = entry.unsupported_reason(cell.problem, registry_mode, cell.hparams)
         if reason:
             return reason

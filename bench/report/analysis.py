@@ -14,9 +14,9 @@ import pandas as pd
 
 from bench import fit
 from bench.report.measurements import marks
+from bench.rows import FAILED_STATUSES
 
 ERROR_BUDGET = 0.1  # rel. L2 error against full attention an approximate entry may have to count as "within budget"
-FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 
 
 def _g(value: float, spec: str = ".3g") -> str:

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import OneLineParser, UserError, exit_on_user_error
+from bench.command_line import OneLineParser, exit_on_user_error
+from bench.errors import UserError
 from bench.report.analysis import ERROR_BUDGET
 from bench.report.compare import write_compare
 from bench.report.render import BASELINE, render_report

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from bench.report import style
+from bench.rows import FAILED_STATUSES
 
 # Cells that were attempted and did not finish: drawn as marked line ends, never dropped.
-FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 WIDTH_IN, PANEL_HEIGHT_IN, DPI = 14.0, 4.6, 100  # 1400 px: the width of the report's page
 MAX_COLUMNS = 2
 FONT_PT = 11

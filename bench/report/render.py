@@ -1,6 +1,6 @@
 """`python -m bench.report RESULTS_DIR [...]`: complexity plots, exponents, crossovers, report.html and report.md.
 
-The report reads rows (SCHEMA.md) and never re-runs a cell. Rows are labelled with a `series`
+The report reads rows (docs/rows.md) and never re-runs a cell. Rows are labelled with a `series`
 (impl, plus the hyperparameters that vary for that impl: "performer m=64") and a `panel` (the
 values of the problem axes that vary across the rows: "mode=fwd, causal=True"); every figure,
 fit and table is then per (panel, series).
@@ -114,7 +114,7 @@ def render_report(
         "runs": [section for d in run_dirs for section in _run_sections(d)],
         "row_count": len(rows),
         "ok_count": int((rows["status"] == "ok").sum()),
-        "tolerance": fit.EXPONENT_TOLERANCE,
+        "tolerance": fit.DECLARED_EXPONENT_TOLERANCE,
         "flop_unit": flop_unit,
         "error_budget": error_budget,
         "low_samples": cautions.LOW_SAMPLES,

@@ -12,9 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.core.cell import MODE_PASSES, Cell
+from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.errors import BenchConfigError
-from bench.sweep.config import check_options
+from bench.sweep.config import validate_options
 
 GLOB_CHARS = set("*?[")
 
@@ -120,7 +121,7 @@ def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]
 def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    check_options(plain)
+    validate_options(plain)
     impls, sweep = plain["impls"], plain["sweep"]
     for module in plain.get("imports", []):
         _import(module)  # extra entries (plugins, tests) register on import
@@ -128,7 +129,7 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     for name in impls["hparams"]:
         attention_zoo.get(name)  # a typo in a hyperparameter block's name is an error, not silence
     grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
-    modes = _axis(sweep, "modes", (str,), tuple(MODE_PASSES))
+    modes = _axis(sweep, "modes", (str,), tuple(MODES))
     # counted before anything is expanded: a grid of a million cells would take minutes just to list
     count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * len(modes)
     if count > sweep["max_cells"]:

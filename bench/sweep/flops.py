@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from typing import Any
 
 import torch
 
 import attention_zoo
 from attention_zoo import Problem
 from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.sweep.timing import on_device, synchronize, timer_for
 
-REGISTRY_FLOP_MODES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward_backward"}
 # The square matmul used as the ceiling. CPU: big enough for the BLAS to reach its steady state, small
 # enough to take about a second on 2 cores. CUDA: 8192 (or the largest power of two whose operands fit
 # in a quarter of the free memory), warmed up for WARMUP_S (do_bench's 25 ms and more: the SM clock
@@ -28,7 +30,7 @@ def cell_flops(cell: Cell) -> float:
     # counted for the same problem on the host: FLOPs do not depend on the device, and the runner that
     # counts them must not touch the GPU (flex's count builds its masks on the problem's device)
     problem = dataclasses.replace(cell.problem, device="cpu")
-    return entry.flops(problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+    return sum(entry.flops(problem, timed, **cell.hparams) for timed in MODES[cell.mode].timed)
 
 
 def gemm_size(device: str) -> int:
@@ -45,7 +47,7 @@ def gemm_size(device: str) -> int:
 def cell_flops_executed(cell: Cell) -> float:
     """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
     entry = attention_zoo.get(cell.impl)
-    return entry.flops_executed(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+    return sum(entry.flops_executed(cell.problem, timed, **cell.hparams) for timed in MODES[cell.mode].timed)
 
 
 def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
@@ -62,3 +64,14 @@ def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
             synchronize(device_type)
         samples = timer_for(device_type)(lambda: None, lambda _: a @ b, *GEMM_SAMPLES[device_type])
     return 2 * size**3 / (samples.median / 1e3)
+
+
+def with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
+    """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
+    flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
+    seconds = row.get("time_ms_median", math.nan) / 1e3
+    flop_per_s = flops / seconds if seconds > 0 else math.nan
+    executed_per_s = flops_executed / seconds if seconds > 0 else math.nan
+    return {**row, "flops": flops, "flops_executed": flops_executed, "flop_per_s": flop_per_s,
+            "gemm_flop_per_s": gemm_flop_per_s, "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s,
+            "pct_of_gemm_executed": 100 * executed_per_s / gemm_flop_per_s}  # fmt: skip

@@ -24,10 +24,10 @@ from bench.core.memory import available_bytes
 from bench.errors import BenchConfigError
 from bench.report.cautions import ceiling_drift, noisy_cells
 from bench.sweep import cases
-from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes
+from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes, skip_reason
 from bench.sweep.console import CellProgress, summary_table, warn
 from bench.sweep.environment import environment
-from bench.sweep.flops import cell_flops, cell_flops_executed
+from bench.sweep.flops import with_flops
 from bench.sweep.worker import Worker
 from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
@@ -75,13 +75,8 @@ def _measure(cell: Cell, cfg: dict[str, Any], worker: Worker, limit_bytes: int) 
         return {"status": status, "reason": reason, "predicted_bytes": predicted}
     if reason:
         return {"status": "unsupported", "reason": reason, "predicted_bytes": predicted}
-    if predicted > limit_bytes:
-        limit = limit_bytes
-        reason = f"predicted {predicted / 2**30:.1f} GiB exceeds the memory limit {limit / 2**30:.1f} GiB"
-        return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
-    max_flops = cfg["sweep"]["max_cell_flops"]
-    if max_flops is not None and cell_flops(cell) > max_flops:
-        reason = f"{cell_flops(cell):.3g} FLOPs exceed sweep.max_cell_flops={max_flops:.3g}"
+    reason = skip_reason(cell, predicted, limit_bytes, cfg["sweep"]["max_cell_flops"])
+    if reason:
         return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
     status, value = worker.call("cell", cell, cfg["timing"], cfg["seed"], timeout_s=cfg["timing"]["cell_timeout_s"])
     measured = value if status == "ok" else {"status": status, "reason": value}
@@ -91,17 +86,6 @@ def _measure(cell: Cell, cfg: dict[str, Any], worker: Worker, limit_bytes: int) 
 def _now() -> str:
     """This moment in ISO 8601 with the UTC offset, so rows of machines in other time zones compare."""
     return datetime.now().astimezone().isoformat()
-
-
-def _with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
-    """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
-    flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
-    seconds = row.get("time_ms_median", math.nan) / 1e3
-    flop_per_s = flops / seconds if seconds > 0 else math.nan
-    executed_per_s = flops_executed / seconds if seconds > 0 else math.nan
-    return {**row, "flops": flops, "flops_executed": flops_executed, "flop_per_s": flop_per_s,
-            "gemm_flop_per_s": gemm_flop_per_s, "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s,
-            "pct_of_gemm_executed": 100 * executed_per_s / gemm_flop_per_s}  # fmt: skip
 
 
 def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_id: str = "") -> pd.DataFrame:
@@ -139,7 +123,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
                 started = _now()
                 device = device_columns[cell.problem.device]
                 row.update(_measure(cell, plain, worker, memory_limit(cell, worker.memory_limit_bytes, device)))
-                row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row = with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
                 done += 1

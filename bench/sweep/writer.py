@@ -23,7 +23,7 @@ import pandas as pd
 import attention_zoo
 from bench.core.cell import Cell
 from bench.core.locks import claim_folder
-from bench.rows import ROWS_CSV, ROWS_PARQUET, columns, hparam_column, read_rows_csv
+from bench.rows import ROWS_CSV, ROWS_PARQUET, STATUSES, columns, hparam_column, read_rows_csv
 
 TEMPORARY_GLOB = ".*.tmp"  # what a write killed before its rename leaves behind
 
@@ -119,6 +119,8 @@ class RowWriter:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one row and push it to disk, so a crash right after loses nothing."""
+        if row["status"] not in STATUSES:
+            raise ValueError(f"row status {row['status']!r} is none of {STATUSES}")
         self._csv.writerow({key: _csv_text(value) for key, value in row.items()})
         self._file.flush()
         os.fsync(self._file.fileno())
