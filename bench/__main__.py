@@ -32,7 +32,7 @@ from bench.rows import read_rows_csv
 from bench.sweep.cases import expand
 from bench.sweep.config import CONF_DIR, BenchConfig, compose_config, register_configs
 from bench.sweep.resume import resume_sweep
-from bench.sweep.run import CONFIG_YAML, ENVIRONMENT_JSON, RunInterrupted, config_fingerprint, run
+from bench.sweep.run import CONFIG_YAML, ENVIRONMENT_JSON, NothingMeasured, RunInterrupted, config_fingerprint, run
 
 PROG = "bench"
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -40,6 +40,7 @@ HPARAMS_KEY = "impls.hparams"
 OUTPUT_DIR_KEYS = {False: "hydra.run.dir", True: "hydra.sweep.dir"}  # by multirun
 DEFAULT_RESULTS = Path("results")
 INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports it
+NOTHING_MEASURED_EXIT = 1  # the config was valid (2 is for user errors): every cell failed or was unsupported
 
 register_configs()
 
@@ -184,9 +185,16 @@ def hydra_main(cfg: DictConfig) -> None:
         if cfg.resume:  # a job of `-m ... resume=<folder>,...`: the folder's saved config, into the folder
             resume([f"resume={cfg.resume}"])
         elif hydra_cfg.mode == RunMode.MULTIRUN:
-            run(cfg, run_dir, run_id=run_dir.parent.name, job_id=str(hydra_cfg.job.num))
+            try:  # one job without a measurement does not stop the others
+                run(cfg, run_dir, run_id=run_dir.parent.name, job_id=str(hydra_cfg.job.num))
+            except NothingMeasured as nothing:
+                print(f"{PROG}: job {hydra_cfg.job.num}: {nothing}", file=sys.stderr)
         else:
-            run(cfg, run_dir, run_id=run_dir.name)
+            try:
+                run(cfg, run_dir, run_id=run_dir.name)
+            except NothingMeasured as nothing:  # raised past Hydra, it would print its own traceback hint
+                print(f"{PROG}: {nothing}", file=sys.stderr)
+                sys.exit(NOTHING_MEASURED_EXIT)
 
 
 def main(argv: list[str]) -> None:
@@ -215,6 +223,9 @@ def main(argv: list[str]) -> None:
                 check(overrides, multirun)
         sys.argv[1:] = argv  # Hydra reads its overrides from sys.argv
         hydra_main()
+    except NothingMeasured as nothing:
+        print(f"{PROG}: {nothing}", file=sys.stderr)
+        sys.exit(NOTHING_MEASURED_EXIT)
     except RunInterrupted as interrupted:
         print(f"{PROG}: {interrupted}", file=sys.stderr)
         sys.exit(INTERRUPT_EXIT)
