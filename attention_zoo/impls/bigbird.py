@@ -12,10 +12,10 @@ The sequence is cut into nb = ceil(N / block_size) blocks (the last one may be s
 A key block reached two ways (a window block that is global) counts once. Padded keys are never
 attended; block 0 is global and holds key 0, which is always real, so no query is left without a key.
 
-Computed blockwise, the N x N score matrix never exists: the middle query blocks score one contiguous
-key slab of w blocks (a strided view of the zero-padded K), the global keys and their r gathered random
-blocks, softmaxed together; the global query blocks are full rows. GQA stacks the heads of a group on
-the rows of a block (the random blocks are per query head, gathered for each). Scale 1/sqrt(d); half
+Computed blockwise, the N x N score matrix never exists: each middle query block gathers its keys and
+values (its slab of w blocks, the global keys, its r random blocks: rows of K fixed at build time, one
+index_select per call) and scores them in one GEMM, softmaxed together; the global query blocks are full
+rows. GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half
 precision computes scores and softmax in float32 and returns the input dtype. Not causal (random and
 global blocks look ahead) and self-attention only (the pattern pairs query block i with key block i).
 """
