@@ -52,6 +52,7 @@ class PeerHFBigBird(Attention):
             max_position_embeddings=max(4096, problem.q_len),
         )
         self.layer = big_bird.BigBirdBlockSparseAttention(config, seed=seed).train()  # train: real random blocks
+        self.layer.requires_grad_(False)  # its own (unused) projections: gradients reach q, k, v only
         self.block_size, self.num_random_blocks, self.seed = block_size, num_random_blocks, seed
         ones = torch.ones(problem.batch, problem.q_len, device=problem.device, dtype=problem.torch_dtype)
         blocked, band, from_mask, to_mask = big_bird.BigBirdModel.create_masks_for_block_sparse_attn(ones, block_size)

@@ -55,7 +55,7 @@ class PeerHFNystromformer(Attention):
             Columns(width, 2 * width),
             Columns(2 * width, 3 * width),
         )
-        self.layer = layer
+        self.layer = layer.requires_grad_(False)  # its own parameters, if any, fixed: gradients reach q, k, v only
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return split_heads(self.layer(tokens(q, k, v))[0], q.shape[1])
@@ -131,7 +131,7 @@ class PeerNystromAttention(Attention):
             dropout=0.0,
         )
         layer.to_qkv, layer.to_out = torch.nn.Identity(), torch.nn.Identity()
-        self.layer = layer.eval()
+        self.layer = layer.eval().requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return split_heads(self.layer(tokens(q, k, v)), q.shape[1])

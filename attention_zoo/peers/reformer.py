@@ -67,7 +67,7 @@ class PeerHFReformer(Attention):
         module = importlib.import_module("transformers.models.reformer.modeling_reformer")
         layer = module.LSHSelfAttention(config, layer_idx=0).eval()
         layer.query_key, layer.value = Columns(0, width), Columns(width, 2 * width)
-        self.layer = layer
+        self.layer = layer.requires_grad_(False)  # its own parameters, if any, fixed: gradients reach q, k, v only
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = self.layer(tokens(q, v)).hidden_states
@@ -130,7 +130,7 @@ class PeerReformerPytorch(Attention):
         layer = importlib.import_module("reformer_pytorch.reformer_pytorch").LSHAttention(
             bucket_size=bucket_size, n_hashes=n_hashes, causal=problem.causal, dropout=0.0
         )
-        self.layer = layer.eval()
+        self.layer = layer.eval().requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, heads, n, head_dim = q.shape
