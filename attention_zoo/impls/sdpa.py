@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attention_zoo.impls.full import rectangle_flops
+from attention_zoo.decode import KVCache
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
@@ -43,6 +44,23 @@ class PinnedSDPA(Attention):
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=self.attn_mask, is_causal=self.is_causal, enable_gqa=self.enable_gqa
             )
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """The KV cache: the context's keys and values, with room for the problem's T new tokens."""
+        return KVCache.from_context(k, v, self.problem.q_len)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
+        """The pinned backend on the T new queries against the cache (bottom-right causal among the new tokens)."""
+        cache = cache.append(k, v)
+        keys, steps = cache.keys, q.shape[2]
+        mask = None
+        if steps > 1:
+            from torch.nn.attention.bias import causal_lower_right  # see __init__: imports triton
+
+            mask = causal_lower_right(steps, keys.shape[2])
+        with sdpa_kernel([self.backend]):
+            out = F.scaled_dot_product_attention(q, keys, cache.values, attn_mask=mask, enable_gqa=self.enable_gqa)
+        return out, cache
 
 
 @functools.cache
@@ -89,6 +107,7 @@ def _backend_availability(backend: SDPBackend):
     memory="N^2",
     flops_executed=rectangle_flops,
     availability=_backend_availability(SDPBackend.MATH),
+    decode=True,
 )
 def sdpa_math(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its math backend (unfused, materialises the scores)."""
@@ -96,7 +115,8 @@ def sdpa_math(problem: Problem) -> Attention:
 
 
 @register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION)
+    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION),
+    decode=True,
 )
 def sdpa_flash(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its FlashAttention backend (on CPU, torch's fused flash kernel)."""
@@ -109,6 +129,7 @@ def sdpa_flash(problem: Problem) -> Attention:
     time="N^2",
     memory="N",
     availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION),
+    decode=True,
 )
 def sdpa_efficient(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its memory-efficient (xformers-derived, CUDA) backend."""
@@ -116,7 +137,8 @@ def sdpa_efficient(problem: Problem) -> Attention:
 
 
 @register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION)
+    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION),
+    decode=True,
 )
 def sdpa_cudnn(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its cuDNN (CUDA) backend."""
