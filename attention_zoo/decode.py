@@ -150,7 +150,10 @@ class RingCache:
         g = self.k_global.shape[2]
         if first < g:  # global tokens among them
             held = slice(first, min(g, first + k.shape[2]))
-            self.k_global[:, :, held], self.v_global[:, :, held] = k[:, :, : held.stop - first], v[:, :, : held.stop - first]
+            self.k_global[:, :, held], self.v_global[:, :, held] = (
+                k[:, :, : held.stop - first],
+                v[:, :, : held.stop - first],
+            )
         return dataclasses.replace(self, position=first + k.shape[2])
 
     def slot_positions(self) -> torch.Tensor:

@@ -26,7 +26,7 @@ class Attention(torch.nn.Module):
         raise NotImplementedError
 
     def decode_state(self, k: torch.Tensor, v: torch.Tensor):
-        """The cache or state a decode step reads, built from the context's k, v (B, Hkv, L, D) (attention_zoo/decode.py)."""
+        """The cache or state a decode step reads, from the context k, v (B, Hkv, L, D); see attention_zoo/decode.py."""
         raise NotImplementedError(f"{type(self).__name__} takes no decode steps")
 
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state):

@@ -194,7 +194,9 @@ class Entry:
     def decode_reason(self, problem: Problem, hparams: Mapping[str, Any] | None = None) -> str | None:
         """Why this entry cannot take a decode step on the problem (q_len = T new tokens, kv_len = L + T), or None."""
         if self.decode is not True:
-            return f"{self.name} cannot decode: {self.decode}" if self.decode else f"{self.name} declares no decode step"
+            return (
+                f"{self.name} cannot decode: {self.decode}" if self.decode else f"{self.name} declares no decode step"
+            )
         placement = self._placement_reason(problem)
         if placement:
             return placement

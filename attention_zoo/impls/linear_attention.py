@@ -113,7 +113,9 @@ class LinearAttention(Attention):
         phi_q = grouped_queries(elu_feature_map(q.to(compute)), k.shape[1])  # (B, Hkv, G*T, d)
         phi_k, v = elu_feature_map(k.to(compute)), v.to(compute)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)  # (B, Hkv, T, d+1)
-        within = (phi_q @ phi_k.transpose(-1, -2)).mul_(new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1))
+        within = (phi_q @ phi_k.transpose(-1, -2)).mul_(
+            new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
+        )
         out = (phi_q @ state.sums).add_(within @ v_ones)
         out = out[..., :head_dim] / out[..., head_dim:]
         sums = state.sums + phi_k.transpose(-1, -2) @ v_ones

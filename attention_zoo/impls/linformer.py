@@ -93,6 +93,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     flops=_flops,
     availability=_availability,
     check_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
+    decode="every projected key row E K mixes in every position, future ones too: no causal form, so no decode step",
 )
 def linformer(
     problem: Problem,

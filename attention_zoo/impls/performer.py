@@ -145,7 +145,7 @@ class PerformerAttention(Attention):
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
         """FAVOR+'s recurrent form: the new keys' features join S (rescaled where they raise a feature's max
         exponent, as an online softmax rescales), each new query reads S plus the new keys up to its own."""
-        compute, steps, head_dim = self.compute_dtype, q.shape[2], q.shape[3]
+        compute, steps, head_dim, out_dtype = self.compute_dtype, q.shape[2], q.shape[3], q.dtype
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
         exponents = self._key_exponents(k)  # (B, Hkv, T, m)
         stabiliser = torch.maximum(state.stabiliser, exponents.amax(-2, keepdim=True))
@@ -158,7 +158,7 @@ class PerformerAttention(Attention):
         out = (phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones)
         out = out[..., :head_dim] / out[..., head_dim:]
         sums = sums + phi_k.transpose(-1, -2) @ v_ones
-        return out.reshape(q.shape).to(q.dtype), RecurrentState(sums, state.position + steps, stabiliser)
+        return out.reshape(q.shape).to(out_dtype), RecurrentState(sums, state.position + steps, stabiliser)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.decode import KVCache
+from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
@@ -115,7 +115,11 @@ def sdpa_math(problem: Problem) -> Attention:
 
 
 @register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION),
+    family="flash",
+    exact=True,
+    time="N^2",
+    memory="N",
+    availability=_backend_availability(SDPBackend.FLASH_ATTENTION),
     decode=True,
 )
 def sdpa_flash(problem: Problem) -> Attention:
@@ -137,7 +141,11 @@ def sdpa_efficient(problem: Problem) -> Attention:
 
 
 @register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION),
+    family="flash",
+    exact=True,
+    time="N^2",
+    memory="N",
+    availability=_backend_availability(SDPBackend.CUDNN_ATTENTION),
     decode=True,
 )
 def sdpa_cudnn(problem: Problem) -> Attention:

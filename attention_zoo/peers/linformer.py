@@ -9,6 +9,7 @@ import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     missing_reason,
 )
@@ -80,6 +81,7 @@ def _linformer_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*k",
