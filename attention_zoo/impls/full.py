@@ -54,11 +54,13 @@ class FullAttention(Attention):
         cache = cache.append(k, v)
         keys, values = cache.keys, cache.values  # (B, Hkv, L+T, D)
         compute, steps = self.problem.compute_dtype, q.shape[2]
-        scores = grouped_queries(q.to(compute) * self.scale, keys.shape[1]) @ keys.to(compute).transpose(-1, -2)
+        # keys on the rows: the product streams the cache row by row (q @ K^T reads it transposed, ~2x slower)
+        scores = keys.to(compute) @ grouped_queries(q.to(compute) * self.scale, keys.shape[1]).transpose(-1, -2)
         bias = step_bias(steps, keys.shape[2], compute, q.device)
-        if bias is not None:  # (B, Hkv, G, T, L+T) + (T, L+T)
-            scores = (scores.view(*keys.shape[:2], -1, steps, keys.shape[2]) + bias).flatten(2, 3)
-        out = torch.softmax(scores, dim=-1) @ values.to(compute)  # (B, Hkv, G*T, D)
+        if bias is not None:  # (B, Hkv, L+T, G, T) + (L+T, T)
+            scores = (scores.view(*keys.shape[:3], -1, steps) + bias.T[:, None]).flatten(3, 4)
+        probs = torch.softmax(scores, dim=2)  # (B, Hkv, L+T, G*T)
+        out = probs.transpose(-1, -2) @ values.to(compute)  # (B, Hkv, G*T, D)
         return out.view(q.shape).to(q.dtype), cache
 
 

@@ -23,12 +23,39 @@ GEMM_WARMUP_S = {"cpu": 0.0, "cuda": 0.1}
 
 
 def cell_flops(cell: Cell) -> float:
-    """FLOPs of the timed work of one cell, as the entry counts them (2 per multiply-add)."""
+    """FLOPs of the timed work of one cell, as the entry counts them (2 per multiply-add).
+
+    A decode step's are the causal prefix of L + T tokens' minus that of L: the work of the last T rows.
+    A ragged batch's (sweep.lengths) are useful work only: each sequence counted at its real length,
+    as a batch of one, so its padded query rows and keys count nowhere (cell_flops_executed counts them).
+    """
     entry = attention_zoo.get(cell.impl)
     # counted for the same problem on the host: FLOPs do not depend on the device, and the runner that
     # counts them must not touch the GPU (flex's count builds its masks on the problem's device)
     problem = dataclasses.replace(cell.problem, device="cpu")
+    if cell.mode == "decode":
+        return _decode_flops(entry, problem, cell.hparams)
+    if cell.lengths:
+        return sum(
+            entry.flops(
+                dataclasses.replace(problem, batch=1, q_len=n, kv_len=n, kv_valid_lens=None),
+                REGISTRY_FLOP_MODES[cell.mode],
+                **cell.hparams,
+            )
+            for n in problem.kv_valid_lens
+        )
     return entry.flops(problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
+
+
+def _decode_flops(entry: attention_zoo.Entry, problem: Problem, hparams) -> float:
+    """The forward FLOPs of causal self-attention over L + T tokens minus over L: what a step of T adds."""
+    context = problem.kv_len - problem.q_len
+
+    def prefix(length: int) -> float:
+        square = dataclasses.replace(problem, q_len=length, kv_len=length)
+        return entry.flops(square, "forward", **hparams)
+
+    return prefix(problem.kv_len) - (prefix(context) if context else 0.0)
 
 
 def gemm_size(device: str) -> int:
@@ -44,6 +71,8 @@ def gemm_size(device: str) -> int:
 
 def cell_flops_executed(cell: Cell) -> float:
     """FLOPs the cell's entry executes, masked or padded work included (equal to cell_flops where it has none)."""
+    if cell.mode == "decode":  # a step executes the rows it adds: its T x T tail is its only masked work
+        return cell_flops(cell)
     entry = attention_zoo.get(cell.impl)
     return entry.flops_executed(cell.problem, REGISTRY_FLOP_MODES[cell.mode], **cell.hparams)
 
@@ -62,3 +91,14 @@ def measure_gemm_flop_per_s(device: str, dtype: str) -> float:
             synchronize(device_type)
         samples = timer_for(device_type)(lambda: None, lambda _: a @ b, *GEMM_SAMPLES[device_type])
     return 2 * size**3 / (samples.median / 1e3)
+
+
+def cell_bytes(cell: Cell) -> tuple[float, float]:
+    """(useful, executed) bytes of q, k, v and the output: on the real lengths, and as the padded batch holds them.
+
+    They differ only for ragged batches (sweep.lengths), whose sequences are counted at their own lengths.
+    """
+    p = cell.problem
+    per_position = p.torch_dtype.itemsize * p.head_dim * (2 * p.q_heads + 2 * p.kv_heads)  # q and out; k and v
+    executed = float(p.batch * p.q_len * per_position)
+    return (float(sum(p.kv_valid_lens) * per_position) if cell.lengths else executed), executed

@@ -13,6 +13,7 @@ from bench.core.calls import mode_calls
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
 from bench.sweep.accuracy import error_vs_exact
+from bench.sweep.decode import measure_decode
 from bench.sweep.timing import on_device, synchronize, timer_for
 
 _INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
@@ -31,7 +32,7 @@ def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
     with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
-        return _measure_on_device(cell, timing, seed)
+        return measure_decode(cell, timing, seed) if cell.mode == "decode" else _measure_on_device(cell, timing, seed)
 
 
 def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from bench.errors import BenchConfigError
 from bench.sweep import cases
 from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes
 from bench.sweep.environment import environment
-from bench.sweep.flops import cell_flops, cell_flops_executed
+from bench.sweep.flops import cell_bytes, cell_flops, cell_flops_executed
 from bench.sweep.worker import Worker
 from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
@@ -51,6 +51,15 @@ def _gemm_ceilings(worker: Worker, cells: list[Cell]) -> dict[tuple[str, str], f
     for device, dtype in sorted({(c.problem.device, c.problem.dtype) for c in cells}):
         status, value = worker.call("gemm", device, dtype, timeout_s=GEMM_TIMEOUT_S)
         ceilings[device, dtype] = value if status == "ok" else math.nan
+    return ceilings
+
+
+def _bandwidth_ceilings(worker: Worker, cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """The bandwidth ceiling (bench/sweep/bandwidth.py) once per device that will run; NaN where it fails."""
+    ceilings = {}
+    for device in sorted({c.problem.device for c in cells}):
+        status, value = worker.call("bandwidth", device, timeout_s=GEMM_TIMEOUT_S)
+        ceilings[device] = value if status == "ok" else {"bandwidth_bytes_per_s": math.nan}
     return ceilings
 
 
@@ -87,6 +96,18 @@ def _measure(cell: Cell, cfg: dict[str, Any], worker: Worker, limit_bytes: int) 
 def _now() -> str:
     """This moment in ISO 8601 with the UTC offset, so rows of machines in other time zones compare."""
     return datetime.now().astimezone().isoformat()
+
+
+def _with_bytes(row: dict[str, Any], cell: Cell, bandwidth: dict[str, float]) -> dict[str, Any]:
+    """Bytes moved and their rate: a decode step's bytes_read against the bandwidth ceiling; q/k/v/out bytes."""
+    useful, executed = cell_bytes(cell)
+    row = {**row, **bandwidth, "bytes_useful": useful, "bytes_executed": executed}
+    if cell.mode != "decode":
+        return row
+    seconds = row.get("time_ms_median", math.nan) / 1e3
+    bytes_per_s = row.get("bytes_read", math.nan) / seconds if seconds > 0 else math.nan
+    return {**row, "time_per_token_ms": 1e3 * seconds / cell.problem.q_len, "bytes_per_s": bytes_per_s,
+            "pct_of_bandwidth": 100 * bytes_per_s / bandwidth["bandwidth_bytes_per_s"]}  # fmt: skip
 
 
 def _with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
@@ -140,6 +161,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
             Worker(threads, plain["imports"], worker_limit) as worker,
         ):
             ceilings = _gemm_ceilings(worker, todo)
+            bandwidths = _bandwidth_ceilings(worker, todo)
             device_columns = _device_columns(worker, todo)  # after the GEMM ceiling: clocks read on a warm GPU
             progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
             for cell in progress:
@@ -149,6 +171,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
                 device = device_columns[cell.problem.device]
                 row.update(_measure(cell, plain, worker, memory_limit(cell, worker.memory_limit_bytes, device)))
                 row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row = _with_bytes(row, cell, bandwidths[cell.problem.device])
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
                 done += 1
