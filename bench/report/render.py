@@ -19,12 +19,26 @@ import numpy as np
 import pandas as pd
 
 from bench import fit
-from bench.report import analysis, figures
+from bench.report import analysis, decode, figures
 from bench.rows import load
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
-AXES = ("mode", "causal", "dtype", "device", "device_name", "batch", "q_heads", "kv_heads", "head_dim", "kv", "padding")
+AXES = (
+    "mode",
+    "causal",
+    "dtype",
+    "device",
+    "device_name",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "kv",
+    "padding",
+    "lengths",
+    "decode_tokens",
+)
 ENV_COLUMNS = (
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id", "exclusive",
 )  # fmt: skip
@@ -55,7 +69,9 @@ def _hp_label(columns: Sequence[str], values: Sequence) -> str:
 def label_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Add the columns the report groups by: kv ("N" for self-attention), series, hp_label, hp_order."""
     rows = rows.copy()
-    rows["kv"] = np.where(rows["kv_len"] == rows["q_len"], "N", rows["kv_len"].astype(str))
+    # decode rows' kv_len is L + T: their keys are the context, as self-attention's are the sequence
+    own_keys = (rows["kv_len"] == rows["q_len"]) | (rows["mode"] == "decode")
+    rows["kv"] = np.where(own_keys, "N", rows["kv_len"].astype(str))
     hp_columns = sorted(c for c in rows.columns if c.startswith("hp_"))
     rows["hp_label"] = ""
     rows["hp_order"] = 0
@@ -129,6 +145,10 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         drawn["accuracy"] = figures.accuracy_figure(
             accuracy, _spread(sorted(accuracy["seq_len"].unique())), baseline_ms, impl_colours, constants
         )
+    decoding = decode.decode_rows(rows)
+    if decoding["status"].eq("ok").any():
+        exponents = {(f["panel"], f["series"]): f["exponent"] for _, f in time_fit.iterrows()}
+        drawn.update(decode.decode_figures(decoding, exponents, colours, constants))
     images = {}
     for name, figure in drawn.items():
         png = figures.png_bytes(figure)
@@ -144,6 +164,8 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         "failed": analysis.not_measured(rows, axes, unsupported=False),
         "unsupported": analysis.not_measured(rows, axes, unsupported=True),
         "run_environment": analysis.environment_columns(rows, ENV_COLUMNS),
+        "decode_steps": decode.step_table(decoding),
+        "decode_crossovers": decode.crossover_table(decoding, baseline, axes),
     }
     context = {
         "title": "Attention Zoo benchmark report",
@@ -155,6 +177,7 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         "images": images,
         "runs": [section for d in run_dirs for section in _run_sections(d)],
         "row_count": len(rows),
+        "bandwidth": decode.ceiling_text(decoding) if len(decoding) else "",
         "tolerance": fit.EXPONENT_TOLERANCE,
     }
     html = _render("report.html.j2", True, context, {k: _html_table(t) for k, t in tables.items()})

@@ -44,10 +44,10 @@ def exact_decode(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return acc / row_sum
 
 
-def measure_decode(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
+def measure_decode(cell: Cell, timing: dict[str, Any], inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """The measured columns of one decode cell: setup (build + state), step times, bytes, state size, error."""
     problem, device_type = cell.problem, cell.problem.device_type
-    q, k, v = problem.make_inputs(seed=seed)  # q (B, Hq, T, D): the new queries; k, v (B, Hkv, L+T, D)
+    q, k, v = inputs  # q (B, Hq, T, D): the new queries; k, v (B, Hkv, L+T, D)
     context = problem.kv_len - problem.q_len
     k_new, v_new = k[:, :, context:], v[:, :, context:]
 

@@ -32,7 +32,9 @@ def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
     with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
-        return measure_decode(cell, timing, seed) if cell.mode == "decode" else _measure_on_device(cell, timing, seed)
+        if cell.mode == "decode":
+            return measure_decode(cell, timing, cell_inputs(cell.problem, seed, requires_grad=False))
+        return _measure_on_device(cell, timing, seed)
 
 
 def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -31,7 +31,20 @@ from bench.sweep.worker import Worker
 from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
 GEMM_TIMEOUT_S = 120.0
-SUMMARY_AXES = ["impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "dtype", "device"]
+SUMMARY_AXES = [
+    "impl",
+    "mode",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "causal",
+    "padding",
+    "lengths",
+    "decode_tokens",
+    "dtype",
+    "device",
+]
 CONFIG_YAML, ENVIRONMENT_JSON = "config.yaml", "environment.json"
 
 
