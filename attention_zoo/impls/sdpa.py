@@ -100,54 +100,34 @@ def _backend_availability(backend: SDPBackend):
     return availability
 
 
+PINNED = {"exact": True, "time": "N^2", "decode": True}  # every backend: exact, quadratic time, a decode step
+
+
 @register(
     family="full",
-    exact=True,
-    time="N^2",
     memory="N^2",
     flops_executed=rectangle_flops,
     availability=_backend_availability(SDPBackend.MATH),
-    decode=True,
+    **PINNED,
 )
 def sdpa_math(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its math backend (unfused, materialises the scores)."""
     return PinnedSDPA(problem, SDPBackend.MATH)
 
 
-@register(
-    family="flash",
-    exact=True,
-    time="N^2",
-    memory="N",
-    availability=_backend_availability(SDPBackend.FLASH_ATTENTION),
-    decode=True,
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION), **PINNED)
 def sdpa_flash(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its FlashAttention backend (on CPU, torch's fused flash kernel)."""
     return PinnedSDPA(problem, SDPBackend.FLASH_ATTENTION)
 
 
-@register(
-    family="flash",
-    exact=True,
-    time="N^2",
-    memory="N",
-    availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION),
-    decode=True,
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION), **PINNED)
 def sdpa_efficient(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its memory-efficient (xformers-derived, CUDA) backend."""
     return PinnedSDPA(problem, SDPBackend.EFFICIENT_ATTENTION)
 
 
-@register(
-    family="flash",
-    exact=True,
-    time="N^2",
-    memory="N",
-    availability=_backend_availability(SDPBackend.CUDNN_ATTENTION),
-    decode=True,
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION), **PINNED)
 def sdpa_cudnn(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its cuDNN (CUDA) backend."""
     return PinnedSDPA(problem, SDPBackend.CUDNN_ATTENTION)

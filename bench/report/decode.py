@@ -40,6 +40,8 @@ def decode_figures(decode: pd.DataFrame, exponents: dict, colours: dict, title: 
 def crossover_table(decode: pd.DataFrame, baseline: str, axes: Sequence[str]) -> pd.DataFrame:
     """Per bounded-state series and panel: the smallest L from which it stays ahead of the baseline's KV cache,
     in time per token and in state bytes."""
+    if not len(decode):
+        return pd.DataFrame()
     exact = decode.loc[decode["exact"].astype(bool), "series"].unique()
     keys = [*axes, "panel", "series"]
     frames = []

@@ -18,7 +18,7 @@ from attention_zoo import Problem, error_metrics
 from attention_zoo.reference import expand_kv_heads
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
-from bench.sweep.timing import synchronize, timer_for
+from bench.sweep.timing import measured_columns, synchronize, timer_for
 
 REFERENCE_KEYS = 4096  # keys per float64 chunk of the exact reference
 
@@ -70,17 +70,7 @@ def measure_decode(cell: Cell, timing: dict[str, Any], inputs: tuple[torch.Tenso
     with torch.no_grad():
         error = error_metrics(out, exact_decode(problem, q, k, v))
     return {
-        "status": "ok",
-        "reason": "",
-        "setup_ms": setup_ms,
-        "time_ms_median": samples.median,
-        "time_ms_iqr": samples.iqr,
-        "time_ms_min": samples.min,
-        "time_ms_samples": list(samples.ms),
-        "n_samples": len(samples.ms),
-        "noisy": samples.noisy,
-        "peak_bytes": peak_bytes,
-        "kernel": impl.kernel,
+        **measured_columns(setup_ms, samples, peak_bytes, impl.kernel),
         "bytes_read": state_bytes + q.nbytes,
         "state_bytes": state_bytes // problem.batch,
         **error,
