@@ -93,6 +93,9 @@ class Entry:
     backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
     oracle_hparams: Mapping[str, Any] = field(default_factory=dict)
     suite_hparams: Mapping[str, Any] = field(default_factory=dict)
+    # True: the built Attention has decode_state/decode_step (attention_zoo/decode.py); a string: why it cannot
+    decode: bool | str = False
+    decode_availability: AvailabilityFn | None = None  # what else a decode step needs; None: `availability`
     doc: str = ""
     declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
 
@@ -129,13 +132,9 @@ class Entry:
         updated by `hparams`), or None when it can."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
-        if problem.device_type not in self.devices:
-            return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
-        unavailable = device_unavailable(problem.device)
-        if unavailable:
-            return f"{self.name} cannot run on {problem.device}: {unavailable}"
-        if problem.dtype not in self.dtypes:
-            return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
+        placement = self._placement_reason(problem)
+        if placement:
+            return placement
         if mode not in self.modes:
             return f"{self.name} has no {mode} pass"
         missing = sorted(problem.features - self.features)
@@ -146,6 +145,37 @@ class Entry:
         reason = self._available(problem, hparams)
         return reason or (self.backward_availability(problem) if mode == "backward" else None)
 
+    def decode_reason(self, problem: Problem, hparams: Mapping[str, Any] | None = None) -> str | None:
+        """Why this entry cannot take a decode step on the problem (q_len = T new tokens, kv_len = L + T), or None."""
+        if self.decode is not True:
+            return (
+                f"{self.name} cannot decode: {self.decode}" if self.decode else f"{self.name} declares no decode step"
+            )
+        placement = self._placement_reason(problem)
+        if placement:
+            return placement
+        if not problem.causal:
+            return "a decode step is causal generation: the decode problem must be causal"
+        if problem.kv_valid_lens is not None:
+            return "decode steps run on whole caches: a padded (ragged) cache is not measured"
+        missing = sorted(problem.features - self.features - {"cross"})  # decode is cross by construction
+        if missing:
+            return f"{self.name} does not support {', '.join(missing)} problems"
+        if self.decode_availability is not None:
+            return self.decode_availability(problem)
+        return self._available(problem, hparams)
+
+    def _placement_reason(self, problem: Problem) -> str | None:
+        """Why the entry cannot run on the problem's device or dtype, or None."""
+        if problem.device_type not in self.devices:
+            return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
+        unavailable = device_unavailable(problem.device)
+        if unavailable:
+            return f"{self.name} cannot run on {problem.device}: {unavailable}"
+        if problem.dtype not in self.dtypes:
+            return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
+        return None
+
     def _available(self, problem: Problem, hparams: Mapping[str, Any] | None) -> str | None:
         if len(inspect.signature(self.availability).parameters) == 2:
             return self.availability(problem, self.resolve_hparams(hparams))
@@ -154,6 +184,13 @@ class Entry:
     def build(self, problem: Problem, **overrides: Any) -> Attention:
         """Build the implementation for one problem, outside any timed region."""
         reason = self.unsupported_reason(problem, hparams=overrides)
+        if reason:
+            raise UnsupportedError(reason)
+        return self.builder(problem, **self.resolve_hparams(overrides, problem))
+
+    def build_decoder(self, problem: Problem, **overrides: Any) -> Attention:
+        """Build the implementation whose decode_state/decode_step run the decode problem (T queries, L + T keys)."""
+        reason = self.decode_reason(problem, overrides)
         if reason:
             raise UnsupportedError(reason)
         return self.builder(problem, **self.resolve_hparams(overrides, problem))
@@ -192,6 +229,8 @@ def register(
     backward_availability: AvailabilityFn = _always_available,
     oracle_hparams: Mapping[str, Any] | None = None,
     suite_hparams: Mapping[str, Any] | None = None,
+    decode: bool | str = False,
+    decode_availability: AvailabilityFn | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
     """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
@@ -204,6 +243,8 @@ def register(
     oracle_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
     suite_hparams the regression suite's (bench/check/suite.py: N = 256..2048), where the suite's
     sizes by hyperparameter name do not fit the entry.
+    decode=True: the built Attention takes decode steps (attention_zoo/decode.py); a string says why it cannot.
+    decode_availability(problem), asked for decode problems, replaces `availability` there.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
@@ -238,6 +279,8 @@ def register(
             backward_availability=backward_availability,
             oracle_hparams=MappingProxyType(dict(oracle_hparams or {})),
             suite_hparams=MappingProxyType(dict(suite_hparams or {})),
+            decode=decode,
+            decode_availability=decode_availability,
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
             declared=MappingProxyType(_declared_hparams(entry_name, builder)),
         )

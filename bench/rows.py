@@ -20,7 +20,7 @@ from bench.errors import UserError
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
 IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
-    "kv_len", "head_dim", "causal", "padding", "dtype", "device", "seq_len", "hparams",
+    "kv_len", "head_dim", "causal", "padding", "lengths", "decode_tokens", "dtype", "device", "seq_len", "hparams",
 ]  # fmt: skip
 DEVICE_COLUMNS = [  # bench.sweep.environment.device_environment, besides device_name
     "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",
@@ -32,13 +32,16 @@ MEASURED_COLUMNS = [
     "setup_ms", "time_ms_median", "time_ms_iqr", "time_ms_min", "time_ms_samples", "n_samples", "noisy",
     "peak_bytes", "predicted_bytes", "kernel",
     "flops", "flops_executed", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm", "pct_of_gemm_executed",
+    "bytes_useful", "bytes_executed",
+    "time_per_token_ms", "bytes_read", "state_bytes", "bytes_per_s", "bandwidth_bytes_per_s", "pct_of_bandwidth",
+    "copy_bytes_per_s", "read_bytes_per_s",
     "error_rel_l2", "error_max_abs",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
     *DEVICE_COLUMNS,
     "started", "timestamp", "exclusive",
 ]  # fmt: skip
 # empty means "", not missing
-TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
                 "driver_version", "compute_capability", "flash_version"]  # fmt: skip
 # every row's status: measured, or why not (the entry cannot run it, predicted too big, out of memory, past its
 # time limit, failed); the failed ones are drawn where they failed

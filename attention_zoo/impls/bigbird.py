@@ -236,6 +236,7 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     availability=_availability,
     oracle_hparams={"block_size": 8, "num_random_blocks": 2},
     suite_hparams={"block_size": 32},
+    decode="not causal: global and random blocks attend later positions, so there is no decode step",
 )
 def bigbird(
     problem: Problem,

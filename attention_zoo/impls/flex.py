@@ -98,6 +98,9 @@ FLEX = {
     "dtypes": ("float32", "float16", "bfloat16"),
     "flops": band_flops,
     "availability": _availability,
+    # flex_attention compiles one BlockMask per shape: a decode step would recompile as the cache grows
+    "decode": "the mask is compiled into a BlockMask per (Nq, Nk): each step's longer cache would recompile; "
+    "sliding_window's ring is this mask's decode step",
 }
 
 

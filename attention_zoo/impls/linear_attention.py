@@ -24,6 +24,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
@@ -146,6 +147,25 @@ class LinearAttention(Attention):
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return linear_dense(q, k, v, self.problem.allowed_mask())
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RecurrentState:
+        """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, d, d+1) of the context: fixed in L."""
+        phi_k, v = elu_feature_map(k.to(self.compute_dtype)), v.to(self.compute_dtype)
+        return RecurrentState(phi_k.transpose(-1, -2) @ torch.cat([v, v.new_ones(*v.shape[:3], 1)], -1), k.shape[2])
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
+        """The paper's recurrent form: out_t = phi(q_t)^T (S + new keys s <= t) / the same with [.., 1]; S updated."""
+        compute, steps, head_dim = self.compute_dtype, q.shape[2], q.shape[3]
+        phi_q = grouped_queries(elu_feature_map(q.to(compute)), k.shape[1])  # (B, Hkv, G*T, d)
+        phi_k, v = elu_feature_map(k.to(compute)), v.to(compute)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)  # (B, Hkv, T, d+1)
+        within = (phi_q @ phi_k.transpose(-1, -2)).mul_(
+            new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
+        )
+        out = (phi_q @ state.sums).add_(within @ v_ones)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        sums = state.sums + phi_k.transpose(-1, -2) @ v_ones
+        return out.reshape(q.shape).to(q.dtype), RecurrentState(sums, state.position + steps)
+
 
 def _flops(problem: Problem, hparams: dict) -> float:
     d = problem.head_dim
@@ -164,6 +184,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     memory="N*(d+c)",
     flops=_flops,
     oracle_hparams={"causal_chunk": 16},
+    decode=True,
 )
 def linear_attention(problem: Problem, *, causal_chunk: Annotated[int, AtLeast(1)] = 64) -> Attention:
     """Linear attention (Katharopoulos): phi = elu + 1, phi(Q)(phi(K)^T V) with its normaliser, in O(N*d^2)."""

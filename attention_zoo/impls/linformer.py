@@ -94,6 +94,7 @@ def linformer_flops(problem: Problem, hparams: dict) -> float:
     flops=linformer_flops,
     availability=_availability,
     oracle_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
+    decode="every projected key row E K mixes in every position, future ones too: no causal form, so no decode step",
 )
 def linformer(
     problem: Problem,

@@ -169,6 +169,7 @@ def computed_flops(problem: Problem, hparams: dict) -> float:
     availability=_availability,
     oracle_hparams={"num_landmarks": 5},
     suite_hparams={"num_landmarks": 32},
+    decode="landmarks are segment means over the whole sequence: not causal, so no decode step",
 )
 def nystromformer(
     problem: Problem, *, num_landmarks: Annotated[int, AtLeast(1)] = 64, pinv_iterations: Annotated[int, AtLeast(0)] = 6

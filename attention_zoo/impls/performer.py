@@ -34,6 +34,7 @@ from typing import Annotated
 
 import torch
 
+from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
@@ -127,6 +128,38 @@ class PerformerAttention(Attention):
         out = torch.cat(chunks, dim=3)  # (B, Hkv, G, Nq, d+1)
         return out.flatten(2, 3)
 
+    def _key_exponents(self, k: torch.Tensor) -> torch.Tensor:
+        """b = w^T x - |x|^2 / 2 with x = k * d^-1/4: (B, Hkv, N, m), before any stabiliser."""
+        quarter = k.shape[-1] ** -0.25
+        return (k @ (self.features.T * quarter)).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RecurrentState:
+        """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, m, d+1) of the context, features
+        stabilised by their max exponent c over it (kept beside S): fixed in L. Features are never redrawn here."""
+        k, v = k.to(self.compute_dtype), v.to(self.compute_dtype)
+        exponents = self._key_exponents(k)
+        stabiliser = exponents.amax(-2, keepdim=True)  # (B, Hkv, 1, m)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
+        return RecurrentState(exponents.sub_(stabiliser).exp_().transpose(-1, -2) @ v_ones, k.shape[2], stabiliser)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
+        """FAVOR+'s recurrent form: the new keys' features join S (rescaled where they raise a feature's max
+        exponent, as an online softmax rescales), each new query reads S plus the new keys up to its own."""
+        compute, steps, head_dim, out_dtype = self.compute_dtype, q.shape[2], q.shape[3], q.dtype
+        q, k, v = q.to(compute), k.to(compute), v.to(compute)
+        exponents = self._key_exponents(k)  # (B, Hkv, T, m)
+        stabiliser = torch.maximum(state.stabiliser, exponents.amax(-2, keepdim=True))
+        sums = state.sums * (state.stabiliser - stabiliser).exp_().transpose(-1, -2)  # (B, Hkv, m, d+1)
+        phi_k = exponents.sub_(stabiliser).exp_()
+        q_exponent = grouped_queries(q @ (self.features.T * head_dim**-0.25), k.shape[1]).add_(stabiliser)
+        phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp_()  # (B, Hkv, G*T, m)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
+        mask = new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
+        out = (phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        sums = sums + phi_k.transpose(-1, -2) @ v_ones
+        return out.reshape(q.shape).to(out_dtype), RecurrentState(sums, state.position + steps, stabiliser)
+
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.
 
@@ -162,6 +195,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     memory="N*m",
     flops=_flops,
     oracle_hparams={"num_features": 32, "causal_chunk": 7},
+    decode=True,
 )
 def performer(
     problem: Problem,

@@ -222,6 +222,7 @@ def computed_flops(problem: Problem, hparams: dict) -> float:
     availability=_availability,
     oracle_hparams={"bucket_size": 4, "n_hashes": 2},
     suite_hparams={"bucket_size": 32},
+    decode="shared-QK buckets are sorted over the whole sequence each call (q_len == kv_len): no incremental step",
 )
 def reformer_lsh(
     problem: Problem,

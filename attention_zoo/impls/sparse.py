@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import RingCache, grouped_queries
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
@@ -204,6 +205,26 @@ class SlidingWindowAttention(Attention):
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RingCache:
+        """The window's ring: the last window + T positions (T new tokens overwrite the oldest), and the globals."""
+        return RingCache.from_context(k, v, self.window + self.problem.q_len, self.global_tokens)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring: RingCache):
+        """New query at position p against the ring's keys p - window .. p and the global keys j <= p."""
+        ring = ring.append(k, v)
+        compute, steps, g = self.problem.compute_dtype, q.shape[2], ring.k_global.shape[2]
+        position = torch.arange(ring.position - steps, ring.position, device=q.device)[:, None]  # (T, 1)
+        held = ring.slot_positions()
+        in_band = (held >= position - self.window) & (held <= position) & (held >= g)  # ring keys below g: globals
+        allowed = torch.cat([in_band, torch.arange(g, device=q.device) <= position], dim=-1)  # (T, capacity + g)
+        q_rows = grouped_queries(q.to(compute) * self.scale, k.shape[1])  # (B, Hkv, G*T, D)
+        scores = torch.cat([q_rows @ x.to(compute).transpose(-1, -2) for x in (ring.k_ring, ring.k_global)], -1)
+        scores = scores.view(*k.shape[:2], -1, steps, scores.shape[-1]).masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).flatten(2, 3)
+        capacity = ring.k_ring.shape[2]
+        out = probs[..., :capacity] @ ring.v_ring.to(compute) + probs[..., capacity:] @ ring.v_global.to(compute)
+        return out.view(q.shape).to(q.dtype), ring
+
 
 def band_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     """Useful forward FLOPs: the (query, key) pairs inside the window pattern."""
@@ -217,7 +238,7 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     return 4.0 * problem.q_heads * problem.head_dim * layout.computed_pairs()
 
 
-BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops}
+BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops, "decode": True}
 
 
 @register(time="N*w", memory="N*w", oracle_hparams={"window": 5}, **BANDED)

@@ -19,12 +19,14 @@ Time O(N*(L+M)*d); one segment's L x (L+M) scores live at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import KVCache
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
@@ -63,6 +65,11 @@ def _availability(problem: Problem) -> str | None:
         return "segment recurrence is self-attention: queries and keys must be the same positions (q_len == kv_len)"
     if not problem.causal:
         return "segment recurrence is causal by construction: a query never sees later positions, so run causal=True"
+    return None
+
+
+def _decode_availability(problem: Problem) -> str | None:
+    """A decode step is the recurrence itself: any context length, any T."""
     return None
 
 
@@ -139,6 +146,37 @@ class TransformerXLAttention(Attention):
             outputs.append(out if keyless is None else out.masked_fill(keyless, 0.0))
         return torch.cat(outputs, dim=2).to(out_dtype)
 
+    def _memory_start(self, position: int) -> int:
+        """The first position a query at `position` sees: M before the start of its segment."""
+        return max(0, position // self.segment_len * self.segment_len - self.mem_len)
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """The memory and the current segment so far: positions from M before the next position's segment on."""
+        begin, context = self._memory_start(k.shape[2]), k.shape[2]
+        cache = KVCache.from_context(k[:, :, begin:], v[:, :, begin:], self.segment_len + self.problem.q_len)
+        return dataclasses.replace(cache, position=context, begin=begin)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
+        """New queries against [memory; segment so far; their own keys] under the segment-plus-memory mask, the
+        relative terms gathered by distance; at a segment boundary the memory becomes the last M positions."""
+        cache = cache.append(k, v)
+        compute, steps, out_dtype = self.problem.compute_dtype, q.shape[2], q.dtype
+        q, keys, values = q.to(compute), cache.keys.to(compute), cache.values.to(compute)
+        q_pos = torch.arange(cache.position - steps, cache.position, device=q.device)
+        k_pos = torch.arange(cache.begin, cache.position, device=q.device)
+        allowed = segment_memory_allowed(q_pos, k_pos, self.segment_len, self.mem_len)  # (T, K)
+        bias = torch.zeros(allowed.shape, dtype=compute, device=q.device).masked_fill_(~allowed, float("-inf"))
+        if self.relative:
+            span = self.position_keys.shape[1]  # column c holds distance span - 1 - c
+            by_distance = ((q + self.position_bias) * self.scale) @ self.position_keys.transpose(-1, -2)
+            distance = (q_pos[:, None] - k_pos[None, :]).clamp(0, span - 1)  # clamped pairs are masked
+            bias = torch.gather(by_distance, -1, (span - 1 - distance).expand(*q.shape[:2], -1, -1)) + bias
+            q = q + self.content_bias
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=bias, scale=self.scale, enable_gqa=keys.shape[1] != q.shape[1]
+        )
+        return out.to(out_dtype), cache.keep_from(self._memory_start(cache.position))
+
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Float64 dense scores with R_{i-j} gathered per pair and memory keys/values detached."""
         q, k, v = q.double(), expand_kv_heads(k.double(), q.shape[1]), expand_kv_heads(v.double(), q.shape[1])
@@ -197,6 +235,8 @@ def _executed_flops(problem: Problem, hparams: dict) -> float:
     flops_executed=_executed_flops,
     availability=_availability,
     oracle_hparams={"segment_len": 16, "mem_len": 12},
+    decode=True,
+    decode_availability=_decode_availability,
 )
 def transformer_xl(
     problem: Problem,

@@ -150,6 +150,7 @@ def _backward_availability(problem: Problem) -> str | None:
     memory="N",
     availability=_availability,
     backward_availability=_backward_availability,
+    decode="xformers' split-K decoding operators are not wrapped here; its prefill operators would run a decode step",
 )
 def xformers(problem: Problem) -> Attention:
     """xformers.ops.memory_efficient_attention (CUDA kernels; none on CPU)."""

@@ -9,6 +9,7 @@ import torch
 from attention_zoo.impls import bigbird
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     NonNegative,
     Positive,
     all_keys_valid,
@@ -101,6 +102,7 @@ def _hf_bigbird_availability(problem: Problem, hparams: dict) -> str | None:
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="N*b*(w+g+r)",

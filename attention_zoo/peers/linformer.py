@@ -10,6 +10,7 @@ import torch
 from attention_zoo.impls.linformer import linformer_flops
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     missing_reason,
 )
@@ -74,6 +75,7 @@ def _linformer_availability(problem: Problem) -> str | None:
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*k",

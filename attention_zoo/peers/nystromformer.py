@@ -9,6 +9,7 @@ import torch
 from attention_zoo.impls import nystromformer
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     NonNegative,
     Positive,
@@ -91,6 +92,7 @@ def _nystrom_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*m*d",
@@ -141,6 +143,7 @@ class PeerNystromAttention(Attention):
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*m*d",

@@ -10,6 +10,7 @@ import torch
 from attention_zoo.impls import reformer
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     Positive,
     all_keys_valid,
@@ -96,6 +97,7 @@ def _lsh_availability(package: str, module: str, multiple: int):
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="n_h*N*(c*d+log(N))",
@@ -156,6 +158,7 @@ def _reformer_pytorch_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="N^2*d/c",  # one hash of N/c buckets: the rotation costs N*(N/c)*d, beside N*c*d of attention

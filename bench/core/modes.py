@@ -26,4 +26,6 @@ class Mode:
         return PASSES if "backward" in self.timed else ("forward",)
 
 
-MODES = {"fwd": Mode(("forward",)), "bwd": Mode(("backward",)), "fwd_bwd": Mode(PASSES)}
+# decode: one forward step of T new tokens against a cache or state built from a context
+# (attention_zoo/decode.py); its FLOPs and availability come from the entry's decode path
+MODES = {"fwd": Mode(("forward",)), "bwd": Mode(("backward",)), "fwd_bwd": Mode(PASSES), "decode": Mode(())}

@@ -19,12 +19,26 @@ import numpy as np
 import pandas as pd
 
 from bench import fit
-from bench.report import analysis, cautions, figures, measurements, style
+from bench.report import analysis, cautions, decode, figures, measurements, style
 from bench.rows import load
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
-AXES = ("mode", "causal", "dtype", "device", "device_name", "batch", "q_heads", "kv_heads", "head_dim", "kv", "padding")
+AXES = (
+    "mode",
+    "causal",
+    "dtype",
+    "device",
+    "device_name",
+    "batch",
+    "q_heads",
+    "kv_heads",
+    "head_dim",
+    "kv",
+    "padding",
+    "lengths",
+    "decode_tokens",
+)
 ENV_COLUMNS = (
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id", "exclusive",
 )  # fmt: skip
@@ -60,7 +74,9 @@ def label_rows(rows: pd.DataFrame) -> pd.DataFrame:
     one impl's settings in numeric order (k=32 before k=128).
     """
     rows = rows.copy()
-    rows["kv"] = np.where(rows["kv_len"] == rows["q_len"], "N", rows["kv_len"].astype(str))
+    # decode rows' kv_len is L + T: their keys are the context, as self-attention's are the sequence
+    own_keys = (rows["kv_len"] == rows["q_len"]) | (rows["mode"] == "decode")
+    rows["kv"] = np.where(own_keys, "N", rows["kv_len"].astype(str))
     hp_columns = sorted(c for c in rows.columns if c.startswith("hp_"))
     rows["hp_label"] = ""
     rows["hp_order"] = 0
@@ -99,10 +115,16 @@ def render_report(
     rows, axes, constants = _labelled(rows)
     frames = _analyse(rows, axes, baseline)
     drawn = _draw(rows, frames, baseline) if (rows["status"] == "ok").any() else {}
+    decoding = decode.decode_rows(rows)
+    if decoding["status"].eq("ok").any():
+        exponents = {(f["panel"], f["series"]): f["exponent"] for _, f in frames["time_fit"].iterrows()}
+        drawn.update(decode.decode_figures(decoding, exponents, figures.series_styles(rows)))
     # which colour each series got in each figure, read back from the artists (tests/test_report_page.py)
     colours = {name: figures.drawn_colours(figure) for name, figure in drawn.items()}
     (out_dir / FIGURES_JSON).write_text(json.dumps(colours, indent=1))
     tables, flop_unit = _tables(rows, frames, axes, baseline)
+    tables["decode_steps"] = decode.step_table(decoding)
+    tables["decode_crossovers"] = decode.crossover_table(decoding, baseline, axes)
     context = {
         "title": "Attention Zoo benchmark report",
         "baseline": baseline,
@@ -118,6 +140,7 @@ def render_report(
         "flop_unit": flop_unit,
         "error_budget": error_budget,
         "low_samples": cautions.LOW_SAMPLES,
+        "bandwidth": decode.ceiling_text(decoding) if len(decoding) else "",
     }
     html = _render("report.html.j2", True, context, {k: _html_table(t) for k, t in tables.items()})
     markdown = _render("report.md.j2", False, context, {k: _markdown_table(t) for k, t in tables.items()})

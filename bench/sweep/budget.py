@@ -35,6 +35,10 @@ def predict_bytes(cell: Cell, memory_exponent: float) -> int:
     """
     p = cell.problem
     itemsize = p.torch_dtype.itemsize
+    if cell.mode == "decode":
+        # k and v drawn in float64, cast, and copied into the cache; scores are T x (L+T) per head
+        cache = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
+        return int(cache * (8 + 2 * itemsize) + 2 * p.batch * p.q_heads * p.q_len * p.kv_len * 8)
     q_and_out = 2 * p.batch * p.q_heads * p.q_len * p.head_dim
     k_and_v = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
     io_bytes = (q_and_out + k_and_v) * itemsize * (1 if cell.mode == "fwd" else 2)  # with gradients

@@ -58,9 +58,12 @@ class SweepConfig:
     head_dims: Any = 64
     causal: Any = False
     padding: Any = 0.0  # fraction of each sequence's keys that are padding, in [0, 1)
+    # ragged batches: each sequence's valid length drawn (seeded) from uniform, longtail or bimodal; null: none
+    lengths: Any = None
+    decode_tokens: Any = 1  # decode mode: new tokens per step (T; a few for speculative decoding)
     dtypes: Any = "float32"
     devices: Any = "cpu"
-    modes: Any = "fwd"  # fwd, bwd, fwd_bwd
+    modes: Any = "fwd"  # fwd, bwd, fwd_bwd, decode (seq_lens is then the context length L)
     max_cell_flops: Annotated[float | None, Above(0)] = None  # cells doing more work are skipped; null: no cap
     max_cells: Annotated[int, AtLeast(1)] = 10_000  # a larger grid stops before it is expanded
 

@@ -27,7 +27,7 @@ from bench.sweep import cases
 from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes, skip_reason
 from bench.sweep.console import CellProgress, summary_table, warn
 from bench.sweep.environment import environment
-from bench.sweep.flops import with_flops
+from bench.sweep.flops import cell_bytes, with_flops
 from bench.sweep.worker import Worker
 from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
@@ -55,6 +55,18 @@ def _gemm_ceilings(worker: Worker, cells: list[Cell]) -> dict[tuple[str, str], f
     for device, dtype in sorted({(c.problem.device, c.problem.dtype) for c in cells}):
         status, value = worker.call("gemm", device, dtype, timeout_s=GEMM_TIMEOUT_S)
         ceilings[device, dtype] = value if status == "ok" else math.nan
+    return ceilings
+
+
+def _bandwidth_ceilings(worker: Worker, cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """The bandwidth ceiling (bench/sweep/bandwidth.py) once per device that runs decode cells; NaN where it fails.
+
+    Only decode steps are judged against it, and it moves 2 GiB per sample: runs without decode skip it.
+    """
+    ceilings = {}
+    for device in sorted({c.problem.device for c in cells}):
+        status, value = worker.call("bandwidth", device, timeout_s=GEMM_TIMEOUT_S)
+        ceilings[device] = value if status == "ok" else {"bandwidth_bytes_per_s": math.nan}
     return ceilings
 
 
@@ -88,6 +100,18 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat()
 
 
+def _with_bytes(row: dict[str, Any], cell: Cell, bandwidth: dict[str, float]) -> dict[str, Any]:
+    """Bytes moved and their rate: a decode step's bytes_read against the bandwidth ceiling; q/k/v/out bytes."""
+    useful, executed = cell_bytes(cell)
+    row = {**row, **bandwidth, "bytes_useful": useful, "bytes_executed": executed}
+    if cell.mode != "decode":
+        return row
+    seconds = row.get("time_ms_median", math.nan) / 1e3
+    bytes_per_s = row.get("bytes_read", math.nan) / seconds if seconds > 0 else math.nan
+    return {**row, "time_per_token_ms": 1e3 * seconds / cell.problem.q_len, "bytes_per_s": bytes_per_s,
+            "pct_of_bandwidth": 100 * bytes_per_s / bandwidth["bandwidth_bytes_per_s"]}  # fmt: skip
+
+
 def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_id: str = "") -> pd.DataFrame:
     """Measure every cell of the config into run_dir (skipping cells already there); print a summary; return rows."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -116,6 +140,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
             Worker(threads, plain["imports"], worker_limit) as worker,
         ):
             ceilings = _gemm_ceilings(worker, todo)
+            bandwidths = _bandwidth_ceilings(worker, [c for c in todo if c.mode == "decode"])
             device_columns = _device_columns(worker, todo)  # after the GEMM ceiling: clocks read on a warm GPU
             progress = CellProgress(len(todo), plain["progress"])
             for cell in todo:
@@ -124,6 +149,7 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
                 device = device_columns[cell.problem.device]
                 row.update(_measure(cell, plain, worker, memory_limit(cell, worker.memory_limit_bytes, device)))
                 row = with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row = _with_bytes(row, cell, bandwidths.get(cell.problem.device, {}))
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
                 done += 1

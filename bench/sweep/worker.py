@@ -25,6 +25,7 @@ import torch
 from bench.command_line import described
 from bench.core.cell import unsupported_reason
 from bench.core.memory import status_bytes
+from bench.sweep.bandwidth import measure_bandwidth_bytes_per_s
 from bench.sweep.environment import device_environment
 from bench.sweep.flops import measure_gemm_flop_per_s
 from bench.sweep.measure import measure_cell
@@ -38,6 +39,7 @@ EXIT_GRACE_S = 10  # at the end of a run the worker may exit by itself, letting 
 TASKS = {
     "cell": measure_cell,
     "gemm": measure_gemm_flop_per_s,
+    "bandwidth": measure_bandwidth_bytes_per_s,
     "device": device_environment,
     "reason": unsupported_reason,
 }
