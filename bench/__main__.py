@@ -17,7 +17,7 @@ from bench.command_line import exit_on_user_error
 from bench.sweep.config import CONF_DIR, register_configs
 from bench.sweep.precheck import precheck
 from bench.sweep.resume import resume, resume_sweep, saved_run
-from bench.sweep.run import NothingMeasured, RunInterrupted, run
+from bench.sweep.run import RunInterrupted, nothing_measured, run
 
 PROG = "bench"
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -37,14 +37,12 @@ def hydra_main(cfg: DictConfig) -> None:
         if cfg.resume:  # a job of `-m ... resume=<folder>,...`: the folder's saved config, into the folder
             resume([f"resume={cfg.resume}"])
         elif hydra_cfg.mode == RunMode.MULTIRUN:
-            try:  # one job without a measurement does not stop the others
-                run(cfg, run_dir, run_id=run_dir.parent.name, job_id=str(hydra_cfg.job.num))
-            except NothingMeasured as nothing:
+            rows = run(cfg, run_dir, run_id=run_dir.parent.name, job_id=str(hydra_cfg.job.num))
+            if nothing := nothing_measured(rows, run_dir):  # said; the other jobs go on
                 print(f"{PROG}: job {hydra_cfg.job.num}: {nothing}", file=sys.stderr)
         else:
-            try:
-                run(cfg, run_dir, run_id=run_dir.name)
-            except NothingMeasured as nothing:  # raised past Hydra, it would print its own traceback hint
+            rows = run(cfg, run_dir, run_id=run_dir.name)
+            if nothing := nothing_measured(rows, run_dir):  # exited here: past Hydra it would print a traceback hint
                 print(f"{PROG}: {nothing}", file=sys.stderr)
                 sys.exit(NOTHING_MEASURED_EXIT)
 
@@ -75,9 +73,6 @@ def main(argv: list[str]) -> None:
                 precheck(overrides, multirun)
         sys.argv[1:] = argv  # Hydra reads its overrides from sys.argv
         hydra_main()
-    except NothingMeasured as nothing:
-        print(f"{PROG}: {nothing}", file=sys.stderr)
-        sys.exit(NOTHING_MEASURED_EXIT)
     except RunInterrupted as interrupted:
         print(f"{PROG}: {interrupted}", file=sys.stderr)
         sys.exit(INTERRUPT_EXIT)

@@ -57,13 +57,17 @@ class CudaOnHost(TorchFunctionMode):
         super().__init__()
         self.device_storages: set[int] = set()
         self.empty_on_device: set[int] = set()  # ids of empty device tensors, which own no storage to tell by
+        self.host_storages: set[int] = set()
         self.alive: list[torch.Tensor] = []  # keeps storages and ids alive, so no host tensor reuses them
         self.mixed: list[str] = []
 
     def on_device(self, tensor: torch.Tensor) -> bool:
+        """Made on the device, or by the autograd engine (gradients handed to a custom backward): its graph is the
+        device's. Only a tensor a watched call made on the host is on the host."""
         if tensor.numel() == 0:
             return id(tensor) in self.empty_on_device
-        return tensor.untyped_storage().data_ptr() in self.device_storages
+        storage = tensor.untyped_storage().data_ptr()
+        return storage in self.device_storages or storage not in self.host_storages
 
     def _put_on_device(self, tensor: torch.Tensor) -> None:
         self.alive.append(tensor)
@@ -87,10 +91,14 @@ class CudaOnHost(TorchFunctionMode):
         if device_inputs and host_inputs:
             self.mixed.append(f"{getattr(func, '__name__', func)} with host tensors of shapes {host_inputs}")
         result = func(*tree_map(_on_host, args), **tree_map(_on_host, kwargs or {}))
-        if (names_cuda or device_inputs) and not names_host:
-            for tensor in tree_flatten(result)[0]:
-                if isinstance(tensor, torch.Tensor):
+        on_device = (names_cuda or device_inputs) and not names_host
+        for tensor in tree_flatten(result)[0]:
+            if isinstance(tensor, torch.Tensor):
+                if on_device:
                     self._put_on_device(tensor)
+                elif tensor.numel() and tensor.untyped_storage().data_ptr() not in self.device_storages:
+                    self.alive.append(tensor)
+                    self.host_storages.add(tensor.untyped_storage().data_ptr())
         return result
 
 

@@ -39,8 +39,12 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message is the one line to print."""
 
 
-class NothingMeasured(Exception):
-    """A valid config whose every cell failed or was unsupported; the message is the one line to print (exit 1)."""
+def nothing_measured(rows: pd.DataFrame, run_dir: Path) -> str:
+    """The one line to print (the command line exits 1) when no cell of a valid config was measured, else ''."""
+    if (rows["status"] == "ok").any():
+        return ""
+    counts = ", ".join(f"{n} {status}" for status, n in rows["status"].value_counts().items())
+    return f"no cell was measured ({counts}); the reasons are in {run_dir / 'rows.csv'}"
 
 
 def config_fingerprint(plain: dict[str, Any]) -> str:
@@ -178,7 +182,4 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         from bench.report.render import write_report  # plotting libraries load only when a report is written
 
         print(f"report: {write_report([run_dir])}")
-    if not (rows["status"] == "ok").any():
-        counts = ", ".join(f"{n} {status}" for status, n in rows["status"].value_counts().items())
-        raise NothingMeasured(f"no cell was measured ({counts}); the reasons are in {run_dir / 'rows.csv'}")
     return rows
