@@ -18,17 +18,13 @@ keys below g, padding) carry a full bias of their own, built once from the windo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+import torch.nn.functional as F
 
 # queries per block and blocks per chunk where a caller names none: the best of the tile sweep
 # (python -m bench sweep=band_tiles, window 256, N = 4096 and 16384; see README, "Sliding window")
 DEFAULT_BLOCK = 64
 DEFAULT_CHUNK = 8
-
-ChunkBias = Callable[[int, int, int], "tuple[torch.Tensor, torch.Tensor | None]"]
-
 
 class BandChunks:
     """The chunks of one banded problem and the score biases each applies to its slab and global columns."""
@@ -56,80 +52,111 @@ class BandChunks:
         return slab_bias[pick], None if global_bias is None else global_bias[pick]
 
 
-def _scores(q_chunk, k_slab_t, k_global_t, slab_bias, global_bias) -> torch.Tensor:
+def _scores(q_chunk, k_slab_t, k_global_t, slab_bias, global_bias, scale) -> torch.Tensor:
     """(n, R, slab [+ g]) biased scores of one chunk: slab columns first, then the global keys'."""
-    scores = torch.baddbmm(slab_bias, q_chunk, k_slab_t)
+    scores = torch.baddbmm(slab_bias, q_chunk, k_slab_t, alpha=scale)
     if k_global_t is None:
         return scores
     k_global_t = k_global_t.expand(q_chunk.shape[0], -1, -1)
     if global_bias is None:
-        global_scores = torch.bmm(q_chunk, k_global_t)
+        global_scores = torch.bmm(q_chunk, k_global_t).mul_(scale)
     else:
-        global_scores = torch.baddbmm(global_bias, q_chunk, k_global_t)
+        global_scores = torch.baddbmm(global_bias, q_chunk, k_global_t, alpha=scale)
     return torch.cat([scores, global_scores], dim=-1)
 
 
+def _rows(length: int, lo: int, hi: int) -> tuple[int, int, int]:
+    """Rows lo..hi of a length-row tensor, zero outside it: (first row inside, rows inside, zero rows in front)."""
+    first, inside = max(lo, 0), max(0, min(hi, length) - max(lo, 0))
+    return first, inside, min(max(0, -lo), hi - lo)
+
+
+def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi of x (N, D), zero outside 0..N: a view inside the sequence, a small padded copy at its ends."""
+    if lo >= 0 and hi <= x.shape[0]:
+        return x[lo:hi]
+    first, inside, front = _rows(x.shape[0], lo, hi)
+    return F.pad(x[first : first + inside], (0, 0, front, hi - lo - front - inside))
+
+
+def _add_window(grad: torch.Tensor, lo: int, hi: int, index: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
+    """grad (N, D) rows lo + index += alpha * values (n, slab, D), overlapping slabs summed; rows outside 0..N dropped."""
+    values = values.reshape(-1, grad.shape[-1])
+    if lo >= 0 and hi <= grad.shape[0]:
+        grad.index_add_(0, index + lo, values, alpha=alpha)
+        return
+    window = grad.new_zeros(hi - lo, grad.shape[-1]).index_add_(0, index, values, alpha=alpha)
+    first, inside, front = _rows(grad.shape[0], lo, hi)
+    grad[first : first + inside] += window[front : front + inside]
+
+
 class BandFunction(torch.autograd.Function):
-    """q (BH, nb, R, D) scaled; k_pad, v_pad (BH, L, D); k_global, v_global (BH, g, D) or None."""
+    """q (BH, nb, R, D) unscaled; k, v (BH, Nk, D); k_global, v_global (BH, g, D) or None.
+
+    Block c's slab is keys c*block + first_key .. + slab (zero keys outside the sequence, masked).
+    """
 
     @staticmethod
-    def forward(ctx, q, k_pad, v_pad, k_global, v_global, chunks: BandChunks, kv_heads: int, block: int):
-        slab = chunks.band_bias.shape[-1]
+    def forward(ctx, q, k, v, k_global, v_global, chunks: BandChunks, kv_heads: int, block: int, first_key: int):
+        slab, scale = chunks.band_bias.shape[-1], q.shape[-1] ** -0.5
         out = torch.empty_like(q)
         for bh in range(q.shape[0]):
-            k_slabs = k_pad[bh].unfold(0, slab, block)  # (nb, D, slab): K^T of every slab, overlapping views
-            v_slabs = v_pad[bh].unfold(0, slab, block).transpose(1, 2)  # (nb, slab, D)
             k_global_t = None if k_global is None else k_global[bh].T[None]
             for start in chunks.starts:
                 stop = min(start + chunks.chunk, chunks.blocks)
+                lo, hi = start * block + first_key, (stop - 1) * block + first_key + slab
+                k_slabs_t = _window(k[bh], lo, hi).unfold(0, slab, block)  # (n, D, slab): overlapping views
+                v_slabs = _window(v[bh], lo, hi).unfold(0, slab, block).transpose(1, 2)  # (n, slab, D)
                 slab_bias, global_bias = chunks.bias(start, bh // kv_heads)
-                scores = _scores(q[bh, start:stop], k_slabs[start:stop], k_global_t, slab_bias, global_bias)
-                probs = torch.softmax(scores, dim=-1)
+                probs = torch.softmax(_scores(q[bh, start:stop], k_slabs_t, k_global_t, slab_bias, global_bias, scale), -1)
                 if v_global is None:
-                    torch.bmm(probs, v_slabs[start:stop], out=out[bh, start:stop])
+                    torch.bmm(probs, v_slabs, out=out[bh, start:stop])
                 else:
                     global_out = probs[..., slab:] @ v_global[bh]
-                    torch.baddbmm(global_out, probs[..., :slab], v_slabs[start:stop], out=out[bh, start:stop])
-        ctx.save_for_backward(q, k_pad, v_pad, k_global, v_global, out)
-        ctx.chunks, ctx.kv_heads, ctx.block = chunks, kv_heads, block
+                    torch.baddbmm(global_out, probs[..., :slab], v_slabs, out=out[bh, start:stop])
+        ctx.save_for_backward(q, k, v, k_global, v_global, out)
+        ctx.chunks, ctx.kv_heads, ctx.block, ctx.first_key = chunks, kv_heads, block, first_key
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k_pad, v_pad, k_global, v_global, out = ctx.saved_tensors
-        chunks, block = ctx.chunks, ctx.block
+        q, k, v, k_global, v_global, out = ctx.saved_tensors
+        chunks, block, first_key = ctx.chunks, ctx.block, ctx.first_key
         slab, head_dim = chunks.band_bias.shape[-1], q.shape[-1]
+        scale = head_dim**-0.5
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dO * O) = rowsum(dP * P), (BH, nb, R, 1)
         grad_q = torch.empty_like(q)
-        grad_k, grad_v = torch.zeros_like(k_pad), torch.zeros_like(v_pad)
+        grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
         has_global = k_global is not None
         grad_k_global = torch.zeros_like(k_global) if has_global else None
         grad_v_global = torch.zeros_like(v_global) if has_global else None
-        # padded key index of every slab entry of a chunk's blocks, relative to the chunk's first block
-        slab_index = (torch.arange(chunks.chunk, device=q.device)[:, None] * block + torch.arange(slab, device=q.device))
+        # row of every slab entry of a chunk's blocks in the chunk's key window
+        slab_index = torch.arange(chunks.chunk, device=q.device)[:, None] * block + torch.arange(slab, device=q.device)
         for bh in range(q.shape[0]):
-            k_slabs_t = k_pad[bh].unfold(0, slab, block)  # (nb, D, slab)
-            v_slabs_t = v_pad[bh].unfold(0, slab, block)
             k_global_t = k_global[bh].T[None] if has_global else None
             for start in chunks.starts:
                 stop = min(start + chunks.chunk, chunks.blocks)
                 rows = slice(start, stop)
+                lo, hi = start * block + first_key, (stop - 1) * block + first_key + slab
+                k_window, v_window = _window(k[bh], lo, hi), _window(v[bh], lo, hi)
+                k_slabs_t, v_slabs_t = k_window.unfold(0, slab, block), v_window.unfold(0, slab, block)
                 q_chunk, grad_out_chunk = q[bh, rows], grad_out[bh, rows]
                 slab_bias, global_bias = chunks.bias(start, bh // ctx.kv_heads)
-                probs = torch.softmax(_scores(q_chunk, k_slabs_t[rows], k_global_t, slab_bias, global_bias), dim=-1)
-                grad_probs = grad_out_chunk @ v_slabs_t[rows]  # (n, R, slab)
+                scores = _scores(q_chunk, k_slabs_t, k_global_t, slab_bias, global_bias, scale)
+                probs = torch.softmax(scores, dim=-1)
+                grad_probs = grad_out_chunk @ v_slabs_t  # (n, R, slab)
                 if has_global:
                     grad_probs = torch.cat([grad_probs, grad_out_chunk @ v_global[bh].T], dim=-1)
-                grad_scores = grad_probs.sub_(delta[bh, rows]).mul_(probs)
+                grad_scores = grad_probs.sub_(delta[bh, rows]).mul_(probs)  # dS / scale
                 grad_slab, probs_slab = grad_scores[..., :slab], probs[..., :slab]
-                torch.bmm(grad_slab, k_slabs_t[rows].transpose(1, 2), out=grad_q[bh, rows])
-                index = (slab_index[: stop - start] + start * block).flatten()
-                grad_k[bh].index_add_(0, index, (grad_slab.transpose(1, 2) @ q_chunk).view(-1, head_dim))
-                grad_v[bh].index_add_(0, index, (probs_slab.transpose(1, 2) @ grad_out_chunk).view(-1, head_dim))
+                torch.bmm(grad_slab, k_slabs_t.transpose(1, 2), out=grad_q[bh, rows])
+                index = slab_index[: stop - start].flatten()
+                _add_window(grad_k[bh], lo, hi, index, grad_slab.transpose(1, 2) @ q_chunk, scale)
+                _add_window(grad_v[bh], lo, hi, index, probs_slab.transpose(1, 2) @ grad_out_chunk, 1.0)
                 if has_global:
                     grad_global = grad_scores[..., slab:]
                     grad_q[bh, rows] += grad_global @ k_global[bh]
-                    grad_k_global[bh] += (grad_global.transpose(1, 2) @ q_chunk).sum(0)
+                    grad_k_global[bh].add_((grad_global.transpose(1, 2) @ q_chunk).sum(0), alpha=scale)
                     grad_v_global[bh] += (probs[..., slab:].transpose(1, 2) @ grad_out_chunk).sum(0)
-        return grad_q, grad_k, grad_v, grad_k_global, grad_v_global, None, None, None
+        return grad_q.mul_(scale), grad_k, grad_v, grad_k_global, grad_v_global, None, None, None, None

@@ -91,7 +91,6 @@ class BandLayout:
         self.slab = self.block + window + self.ahead
         # padded key index t holds key position t + first_key; block c's slab starts at t = c * block
         self.first_key = problem.causal_offset - window
-        self.padded_len = (self.blocks - 1) * self.block + self.slab
         offset = problem.causal_offset
         # global query rows are the queries whose position lies in 0..g-1
         self.global_rows = range(max(0, -offset), max(0, min(problem.q_len, self.global_tokens - offset)))
@@ -201,15 +200,15 @@ class SlidingWindowAttention(Attention):
         q_len, group, block, blocks = q.shape[2], q.shape[1] // kv_heads, layout.block, layout.blocks
         g = layout.global_tokens
         # queries: (B, Hq, Nq, D) -> (B*Hkv, nb, G*b, D), the G heads sharing a K/V head stacked per block
-        q_blocks = F.pad(q * self.scale, (0, 0, 0, blocks * block - q_len))
+        # (a view for MHA when N is a multiple of the block; the kernel scales the scores)
+        q_blocks = q if blocks * block == q_len else F.pad(q, (0, 0, 0, blocks * block - q_len))
         q_blocks = q_blocks.view(batch, kv_heads, group, blocks, block, head_dim).transpose(2, 3)
         q_blocks = q_blocks.reshape(batch * kv_heads, blocks, group * block, head_dim)
-        # keys and values zero-padded so that block c's slab is padded[c*b : c*b + slab]
-        front = -layout.first_key
-        back = layout.padded_len - front - kv_len
-        k_pad, v_pad = (F.pad(x, (0, 0, front, back)).reshape(batch * kv_heads, -1, head_dim) for x in (k, v))
-        k_global, v_global = (x[:, :, :g].reshape(batch * kv_heads, g, head_dim) if g else None for x in (k, v))
-        out = BandFunction.apply(q_blocks, k_pad, v_pad, k_global, v_global, self.chunks, kv_heads, block)
+        k_flat, v_flat = (x.reshape(batch * kv_heads, kv_len, head_dim) for x in (k, v))
+        k_global, v_global = (x[:, :g] if g else None for x in (k_flat, v_flat))
+        out = BandFunction.apply(
+            q_blocks, k_flat, v_flat, k_global, v_global, self.chunks, kv_heads, block, layout.first_key
+        )
         out = out.view(batch, kv_heads, blocks, group, block, head_dim)
         if self.row_keep is not None:
             out = out * self.row_keep
