@@ -141,6 +141,7 @@ def render_report(rows: pd.DataFrame, run_dirs: Sequence[Path], out_dir: Path, b
         "exponents": summary.exponent_table(time_fit, memory_fit, axes),
         "crossovers": summary.crossover_table(crossing, axes, baseline),
         "speedup": summary.speedup_table(speedup, axes),
+        "efficiency": summary.efficiency_table(rows, axes),
         "accuracy": summary.accuracy_table(accuracy, axes),
         "status_counts": summary.status_counts(rows),
         "failed": summary.not_measured(rows, axes, unsupported=False),
