@@ -8,7 +8,9 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
   performer-pytorch. One feature matrix is shared by every head.
 - Stabiliser: with exponents a_i = w_i^T x_q - |x_q|^2/2 and b_i = w_i^T x_k - |x_k|^2/2, the keys
-  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature; the queries add
+  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature (found online
+  over key chunks: the summary so far is rescaled by exp(c_old - c_new) when it grows; causal chunks
+  use the max over the keys up to their own, the only keys they see); the queries add
   c_i (so each product exp(a_i + b_i) is unchanged) and subtract the max over features of the result,
   one per query row (|x_q|^2/2, a row constant, drops out with it). The row constant cancels in the
   normalisation and the c_i cancel in the product, so all are excluded from the gradient. Every
@@ -17,6 +19,9 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
   features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
   likewise and is dropped from the fast path.
+- Chunks: features exist `chunk` positions at a time (all heads), so the (N, m) feature maps of the
+  whole sequence never do: keys' features go into S = sum phi(k) [v, 1]^T (m x (d+1)) chunk by chunk,
+  then each query chunk's features meet S, each chunk in cache.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
