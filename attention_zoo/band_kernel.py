@@ -24,7 +24,7 @@ import torch.nn.functional as F
 # queries per block and blocks per chunk where a caller names none: the best of the tile sweep
 # (python -m bench sweep=band_tiles, window 256, N = 4096 and 16384; see README, "Sliding window")
 DEFAULT_BLOCK = 64
-DEFAULT_CHUNK = 8
+DEFAULT_CHUNK = 16
 
 class BandChunks:
     """The chunks of one banded problem and the score biases each applies to its slab and global columns."""

@@ -90,9 +90,8 @@ class PerformerAttention(Attention):
         features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
-    def _key_exponents(self, k: torch.Tensor, start: int, stop: int, w: torch.Tensor) -> torch.Tensor:
-        """b_i = w_i^T x_k - |x_k|^2/2 of keys start..stop, (B, Hkv, c, m); -inf for padded keys."""
-        k = k[:, :, start:stop]
+    def _key_exponents(self, k: torch.Tensor, start: int, w: torch.Tensor) -> torch.Tensor:
+        """b_i = w_i^T x_k - |x_k|^2/2 of a key chunk k (B, Hkv, c, d) starting at `start`, (B, Hkv, c, m); -inf for padding."""
         quarter = k.shape[-1] ** -0.25
         exponent = torch.baddbmm(
             k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-quarter * quarter / 2),
@@ -100,7 +99,7 @@ class PerformerAttention(Attention):
             w.expand(k.shape[0] * k.shape[1], -1, -1),
         ).view(*k.shape[:3], -1)
         if self.key_bias is not None:
-            exponent = exponent.add_(self.key_bias[:, None, start:stop, None])
+            exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
         return exponent
 
     def _query_features(self, q: torch.Tensor, w: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
@@ -128,45 +127,51 @@ class PerformerAttention(Attention):
         return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
 
     def _non_causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """S = phi(K)^T [V, 1] over key chunks with an online max per feature, then phi(Q) S over query chunks."""
-        batch, kv_heads, kv_len = k.shape[:3]
+        """S = phi(K)^T [V, 1] over key chunks with an online max per feature, then phi(Q) S over query chunks.
+
+        Chunks are torch.split pieces, not slices: a slice's backward fills a zero tensor as large as
+        the whole input, once per chunk (quadratic in N); split's joins the chunks' gradients once.
+        """
+        batch, kv_heads = k.shape[:2]
         state, k_max = None, None  # (B, Hkv, m, d+1); (B, Hkv, 1, m), the max of b_i over the keys so far
-        for start in range(0, kv_len, self.chunk):
-            stop = min(start + self.chunk, kv_len)
-            exponent = self._key_exponents(k, start, stop, w)
+        start = 0
+        for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v_ones.split(self.chunk, 2), strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
             chunk_max = exponent.detach().amax(-2, keepdim=True)
             new_max = chunk_max if k_max is None else torch.maximum(k_max, chunk_max)
-            summary = exponent.sub_(new_max).exp_().transpose(-1, -2) @ v_ones[:, :, start:stop]
+            summary = exponent.sub_(new_max).exp_().transpose(-1, -2) @ v_chunk
             state = summary if k_max is None else state.mul_((k_max - new_max).exp_().transpose(-1, -2)).add_(summary)
             k_max = new_max
-        chunks = [
-            self._query_features(q[:, :, start : start + self.chunk], w, k_max) @ state
-            for start in range(0, q.shape[2], self.chunk)
-        ]
         group = q.shape[1] // kv_heads
+        chunks = [self._query_features(q_chunk, w, k_max) @ state for q_chunk in q.split(self.chunk, 2)]
         return torch.cat([c.view(batch, kv_heads, group, -1, c.shape[-1]) for c in chunks], dim=3)
 
     def _causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Prefix sums over chunks of `causal_chunk` positions; key offset+i sits at query i (bottom-right)."""
         batch, kv_heads, kv_len = k.shape[:3]
-        group, q_len, offset = q.shape[1] // kv_heads, q.shape[2], kv_len - q.shape[2]
+        group, q_len, size = q.shape[1] // kv_heads, q.shape[2], self.causal_chunk
+        offset = kv_len - q_len
         # keys before the first query's position are seen by every query: they start the state
+        before = [min(size, offset - s) for s in range(0, offset, size)]
+        sizes = [*before, *(min(size, q_len - s) for s in range(0, q_len, size))]
+        k_chunks, v_chunks = k.split(sizes, 2), v_ones.split(sizes, 2)
+        q_chunks = [None] * len(before) + list(q.split(size, 2))  # None: a chunk of keys before every query
         state = v_ones.new_zeros(batch, kv_heads, w.shape[-1], v_ones.shape[-1])
         k_max = v_ones.new_full((batch, kv_heads, 1, w.shape[-1]), -math.inf)
-        chunks = []
-        for start in [*range(0, offset, self.causal_chunk), *range(offset, kv_len, self.causal_chunk)]:
-            stop = min(start + self.causal_chunk, offset if start < offset else kv_len)
-            exponent = self._key_exponents(k, start, stop, w)
+        chunks, start = [], 0
+        for k_chunk, v_chunk, q_chunk in zip(k_chunks, v_chunks, q_chunks, strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
             new_max = torch.maximum(k_max, exponent.detach().amax(-2, keepdim=True))
             # -inf - -inf before any valid key: a state of zeros stays zero whatever its factor
             state = state * (k_max - new_max).nan_to_num_(0.0).exp_().transpose(-1, -2)
             k_max = new_max
-            phi_k, v_chunk = exponent.sub_(new_max).exp_(), v_ones[:, :, start:stop]
-            if start >= offset:
-                phi_q = self._query_features(q[:, :, start - offset : stop - offset], w, new_max)
-                phi_q = phi_q.view(batch, kv_heads, group, stop - start, -1)  # (B, Hkv, G, c, m)
-                causal = self.chunk_causal[: stop - start, : stop - start]
-                within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * causal  # (B, Hkv, G, c, c)
+            phi_k = exponent.sub_(new_max).exp_()
+            if q_chunk is not None:
+                c = q_chunk.shape[2]
+                phi_q = self._query_features(q_chunk, w, new_max).view(batch, kv_heads, group, c, -1)
+                within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * self.chunk_causal[:c, :c]  # (B, Hkv, G, c, c)
                 chunks.append(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
             state = state + phi_k.transpose(-1, -2) @ v_chunk
         return torch.cat(chunks, dim=3)
