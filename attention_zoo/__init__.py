@@ -6,25 +6,8 @@ impl = z.get("blockwise").build(problem)
 out = impl(*problem.make_inputs())
 """
 
-# every family is imported explicitly; importing a module registers its entries
-from attention_zoo import (  # noqa: F401
-    bigbird,
-    blockwise,
-    flex,
-    full,
-    linear_attention,
-    linformer,
-    nystromformer,
-    peers,
-    peers_extra,
-    performer,
-    reformer,
-    sdpa,
-    sparse,
-    transformer_xl,
-    triton_flash,
-    xformers_attention,
-)
+# our families and the peers; importing a module registers its entries
+from attention_zoo import impls, peers  # noqa: F401
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem, ProblemError
 from attention_zoo.reference import dense_attention, error_metrics

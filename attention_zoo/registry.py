@@ -247,7 +247,7 @@ def register(
     availability(problem) says why the entry cannot run a problem at all (None: it can);
     backward_availability(problem), asked for the backward pass only, why it has no backward there.
     check_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
-    suite_hparams the regression suite's (bench/regression_suite.py: N = 256..2048), where the suite's
+    suite_hparams the regression suite's (bench/check/suite.py: N = 256..2048), where the suite's
     sizes by hyperparameter name do not fit the entry.
     """
     if family not in FAMILIES:

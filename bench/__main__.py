@@ -26,13 +26,13 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bench.cases import expand
-from bench.config import CONF_DIR, BenchConfig, compose_config, register_configs
+from bench.core.locks import claim_folder
 from bench.errors import USER_ERRORS, BenchConfigError, exit_on_user_error, one_line
-from bench.locks import claim_folder
-from bench.results import read_rows_csv
-from bench.resume_sweep import resume_sweep
-from bench.run import CONFIG_YAML, ENVIRONMENT_JSON, RunInterrupted, config_fingerprint, run
+from bench.rows import read_rows_csv
+from bench.sweep.cases import expand
+from bench.sweep.config import CONF_DIR, BenchConfig, compose_config, register_configs
+from bench.sweep.resume import resume_sweep
+from bench.sweep.run import CONFIG_YAML, ENVIRONMENT_JSON, RunInterrupted, config_fingerprint, run
 
 PROG = "bench"
 MULTIRUN_FLAGS = ("-m", "--multirun")

@@ -8,10 +8,7 @@ import pytest
 import torch
 
 import attention_zoo
-from bench.cases import unsupported_reason
-from bench.locks import TIMING_LOCK, timing_lock
-from bench.memory import keep_heap_resident, map_large_blocks
-from bench.regression_suite import (
+from bench.check.suite import (
     QUIET_WAIT_BUDGET_S,
     ROUNDS,
     THREADS,
@@ -20,6 +17,9 @@ from bench.regression_suite import (
     measure_peak_bytes,
     suite_machine,
 )
+from bench.core.cell import unsupported_reason
+from bench.core.locks import TIMING_LOCK, timing_lock
+from bench.core.memory import keep_heap_resident, map_large_blocks
 
 _held = contextlib.ExitStack()
 _peak_bytes: dict[str, int | Exception] = {}  # by test id, from the memory pass

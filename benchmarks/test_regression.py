@@ -1,12 +1,12 @@
-"""The regression suite: every registered entry at small sizes, forward and backward (see bench/regression_suite.py).
+"""The regression suite: every registered entry at small sizes, forward and backward (see bench/check/suite.py).
 
 Run through `python -m bench.check`, which saves pytest-benchmark's JSON and compares it with the baseline.
 """
 
 import pytest
 
-from bench.cases import unsupported_reason
-from bench.regression_suite import cell_name, measure, suite_cells
+from bench.check.suite import cell_name, measure, suite_cells
+from bench.core.cell import unsupported_reason
 
 
 @pytest.mark.parametrize("cell", suite_cells(), ids=cell_name)

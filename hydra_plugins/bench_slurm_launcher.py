@@ -91,7 +91,7 @@ if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
             return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
         def _unfinished_line(self, job: Any, number: int, overrides: list[str], outcome: Any) -> tuple[str, Path]:
-            from bench.results import ROWS_CSV, read_rows_csv
+            from bench.rows import ROWS_CSV, read_rows_csv
 
             folder = self._job_folder(number, overrides)
             rows = len(read_rows_csv(folder / ROWS_CSV)) if (folder / ROWS_CSV).exists() else 0

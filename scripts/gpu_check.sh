@@ -43,15 +43,15 @@ if command -v nvidia-smi >/dev/null; then
 else
     echo "SKIP (CUDA-only) nvidia-smi: not on PATH"
 fi
-step versions 30 python3 -m bench.gpu_check versions "$out"
+step versions 30 python3 -m bench.sweep.gpu_check versions "$out"
 # xdist spreads the oracle's compiles (flex, Triton) over the machine's cores where it is installed
 workers=()
 python3 -c "import xdist" 2>/dev/null && [ "${GPU_CHECK_DEVICE:-cuda}" != cpu ] && workers=(-n 8)
 step "pytest -m cuda" 75 python3 -m pytest -m cuda -q -p no:cacheprovider "${workers[@]}" \
     --junit-xml="$out/pytest_cuda.txt" tests/test_oracle_cuda.py
-step sweep 140 python3 -m bench.gpu_check sweep "$out"
-step do_bench 25 python3 -m bench.gpu_check do_bench "$out"
-step report 15 python3 -m bench.gpu_check report "$out"
+step sweep 140 python3 -m bench.sweep.gpu_check sweep "$out"
+step do_bench 25 python3 -m bench.sweep.gpu_check do_bench "$out"
+step report 15 python3 -m bench.sweep.gpu_check report "$out"
 rm -rf "$site"
 echo "files in $out: $(ls "$out" | tr '\n' ' ')"
 if [ ${#failed[@]} -gt 0 ]; then

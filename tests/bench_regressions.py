@@ -2,7 +2,7 @@
 
 It rebuilds three registered entries in place, as a bad change to their code would:
 - linformer gets 20% slower: each call spins for a fifth of its own CPU time after computing (the suite
-  times thread CPU time, bench/regression_suite.py);
+  times thread CPU time, bench/check/suite.py);
 - full uses twice the memory: a buffer as large as its scores and probabilities is held during each call;
 - sliding_window turns quadratic: it computes its band through a dense N x N masked attention
   (its own float64 dense form), the naive implementation; the output is unchanged.

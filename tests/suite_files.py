@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 
-from bench import check, suite_runs
-from bench.regression_suite import METHOD
+from bench.check import cli as check
+from bench.check import runs as suite_runs
+from bench.check.suite import METHOD
 
 SEQ_LENS = (256, 512, 1024, 2048)
 ROUNDS = 15

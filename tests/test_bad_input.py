@@ -16,13 +16,15 @@ import pytest
 
 import attention_zoo as z
 from attention_zoo.rules import RuleError
-from bench import check, report, results
+from bench import rows as results
 from bench.__main__ import main as bench_main
-from bench.cases import expand
-from bench.config import compose_config
+from bench.check import cli as check
+from bench.core.locks import claim_folder
 from bench.errors import UserError
-from bench.locks import claim_folder
-from bench.run import run
+from bench.report import cli as report_cli
+from bench.sweep.cases import expand
+from bench.sweep.config import compose_config
+from bench.sweep.run import run
 
 REPO = Path(__file__).parent.parent
 TINY = ["timing=smoke", "sweep.seq_lens=[16]", "sweep.heads=2", "sweep.head_dims=16", "progress=false",
@@ -200,7 +202,7 @@ def _cli_cases():
     for name, (args, needle) in BENCH.items():
         yield pytest.param(bench_main, "bench: error: ", args, needle, id=f"bench: {name}")
     for name, (args, needle) in REPORT.items():
-        yield pytest.param(report.main, "python -m bench.report: error: ", args, needle, id=f"report: {name}")
+        yield pytest.param(report_cli.main, "python -m bench.report: error: ", args, needle, id=f"report: {name}")
     for name, (args, needle) in CHECK.items():
         yield pytest.param(check.main, "python -m bench.check: error: ", args, needle, id=f"check: {name}")
 

@@ -6,8 +6,10 @@ import json
 import pytest
 from suite_files import HEALTHY, HOST, suite_file
 
-from bench import baseline, check, suite_runs
-from bench.same_host import BASE_COMMIT_FILE
+from bench.check import baseline
+from bench.check import cli as check
+from bench.check import runs as suite_runs
+from bench.check.same_host import BASE_COMMIT_FILE
 
 
 def test_the_same_host_is_comparable():
@@ -36,12 +38,12 @@ def _fake_git(monkeypatch, status_lines):
 
 
 def test_a_refresh_from_a_dirty_tree_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    _fake_git(monkeypatch, [" M attention_zoo/full.py"])
+    _fake_git(monkeypatch, [" M attention_zoo/impls/full.py"])
     with pytest.raises(SystemExit) as exit_info:
         check.main(["--refresh-baseline", str(tmp_path / "base")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "needs a clean tree" in err and "attention_zoo/full.py" in err
+    assert err.count("\n") == 1 and "needs a clean tree" in err and "attention_zoo/impls/full.py" in err
     assert not (tmp_path / "base").exists()
 
 

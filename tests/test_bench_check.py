@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from suite_files import HEALTHY, HOST, ROUNDS, SEQ_LENS, make_baseline, suite_file
 
-from bench import check, suite_runs
-from bench.environment import REPO
+from bench.check import cli as check
+from bench.check import runs as suite_runs
+from bench.check.checkout import REPO
 
 
 def _check(tmp_path, fresh_entries, capsys, seed=1):
@@ -284,6 +285,7 @@ def _run_check(*args):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_real_suite_catches_injected_regressions_against_the_base_commit(tmp_path):
     """The A/B against HEAD: unchanged, it passes; with tests/bench_regressions.py injected, each entry is named.
 

@@ -9,9 +9,9 @@ import torch
 
 from attention_zoo import Problem
 from bench.__main__ import job_overrides, main
-from bench.accuracy import allowed_rows, sampled_rows
-from bench.cases import expand
-from bench.config import CONF_DIR, compose_config
+from bench.sweep.accuracy import allowed_rows, sampled_rows
+from bench.sweep.cases import expand
+from bench.sweep.config import CONF_DIR, compose_config
 
 GROUP_OPTIONS = sorted(f"{path.parent.name}={path.stem}" for path in CONF_DIR.glob("*/*.yaml"))
 

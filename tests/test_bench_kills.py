@@ -13,13 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from bench import results
+from bench import rows as results
 from bench.__main__ import main
-from bench.cases import expand
-from bench.config import compose_config
-from bench.run import run
+from bench.sweep import writer
+from bench.sweep.cases import expand
+from bench.sweep.config import compose_config
+from bench.sweep.run import run
 
 REPO = Path(__file__).parent.parent
 TINY = ["timing=smoke", "sweep.seq_lens=[16,32]", "sweep.heads=2", "sweep.head_dims=16", "progress=false",
@@ -81,8 +83,8 @@ def test_a_kill_at_every_write_of_a_resume_loses_no_row(tmp_path):
     rows = results.load(tmp_path)
     assert sorted(rows["cell_id"]) == sorted(cell_ids)  # every cell exactly once
     assert _samples(tmp_path) == measured  # nothing re-measured
-    assert len(results.pd.read_parquet(tmp_path / "rows.parquet")) == len(cell_ids)
-    assert not list(tmp_path.glob(results.TEMPORARY_GLOB))  # the killed writes' leftovers are cleared
+    assert len(pd.read_parquet(tmp_path / "rows.parquet")) == len(cell_ids)
+    assert not list(tmp_path.glob(writer.TEMPORARY_GLOB))  # the killed writes' leftovers are cleared
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_leaves_a_resumable_folder(tmp_path):

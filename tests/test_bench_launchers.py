@@ -10,12 +10,16 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from bench import report, results, summary
+from bench import rows as results
 from bench.__main__ import main
-from bench.config import CONF_DIR, compose_config, register_configs
+from bench.core.locks import timing_lock
 from bench.errors import BenchConfigError
-from bench.locks import timing_lock
-from bench.run import run
+from bench.report import analysis as summary
+from bench.report import cli as report_cli
+from bench.report import render as report
+from bench.sweep import writer
+from bench.sweep.config import CONF_DIR, compose_config, register_configs
+from bench.sweep.run import run
 
 REPO = Path(__file__).parent.parent
 TINY = [
@@ -83,7 +87,7 @@ def test_jobs_started_at_once_measure_one_after_the_other(submitit_sweep):
 
 
 def test_report_over_the_sweep_folder_merges_the_jobs_and_warns_about_concurrent_ones(submitit_sweep, tmp_path):
-    assert report.main([str(submitit_sweep), "--baseline", "full", "--out", str(tmp_path / "merged")]) == 0
+    assert report_cli.main([str(submitit_sweep), "--baseline", "full", "--out", str(tmp_path / "merged")]) == 0
     markdown = (tmp_path / "merged" / "report.md").read_text()
     assert "4 cells from 2 run(s)" in markdown and "Measured concurrently" not in markdown
     for job in ("0", "1"):
@@ -139,12 +143,12 @@ def test_the_timing_lock_excludes_other_holders_until_released(tmp_path):
 
 
 def test_a_second_writer_into_a_folder_in_use_fails_without_touching_it(tmp_path):
-    first = results.RowWriter(tmp_path, [], [])
+    first = writer.RowWriter(tmp_path, [], [])
     first.append({"run_id": "first", "cell_id": "a", "status": "ok"})
     with pytest.raises(BenchConfigError, match=f"{tmp_path} is being written by another process"):
-        results.RowWriter(tmp_path, [], ["a"])
+        writer.RowWriter(tmp_path, [], ["a"])
     assert list(first.close()["cell_id"]) == ["a"]
-    assert results.RowWriter(tmp_path, [], ["a"]).done_cell_ids == {"a"}  # closed: free to resume
+    assert writer.RowWriter(tmp_path, [], ["a"]).done_cell_ids == {"a"}  # closed: free to resume
 
 
 @pytest.mark.parametrize(("preset", "gpus"), [("slurm_gpu", 1), ("slurm_cpu", None)])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import results
+from bench import rows as results
 from bench.__main__ import main
-from bench.cases import expand
-from bench.config import compose_config
-from bench.run import run
+from bench.sweep.cases import expand
+from bench.sweep.config import compose_config
+from bench.sweep.run import run
 
 REPO = Path(__file__).parent.parent
 TINY = [

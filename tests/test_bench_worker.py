@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from attention_zoo import registry
-from bench.config import compose_config
-from bench.run import run
-from bench.worker import Worker
+from bench.sweep.config import compose_config
+from bench.sweep.run import run
+from bench.sweep.worker import Worker
 
 FAULTY_MODULE = "bench_faulty_impls"  # tests/bench_faulty_impls.py; the worker imports it too
 SMOKE = ["timing=smoke", "sweep.heads=2", "sweep.head_dims=16", "progress=false", "report=false", "timing_lock=null"]

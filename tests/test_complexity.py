@@ -8,7 +8,8 @@ import pytest
 
 import attention_zoo as z
 from attention_zoo.registry import Complexity
-from bench import fit, regression_suite
+from bench import fit
+from bench.check import suite as regression_suite
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 import attention_zoo as z
-from bench import measure, results
-from bench.cases import Cell
-from bench.config import compose_config
-from bench.environment import device_environment
-from bench.locks import timing_lock, timing_lock_paths
-from bench.run import _memory_limit, run
-from bench.worker import Worker
+from bench import rows as results
+from bench.core.cell import Cell
+from bench.core.locks import timing_lock, timing_lock_paths
+from bench.sweep import measure
+from bench.sweep.budget import memory_limit
+from bench.sweep.config import compose_config
+from bench.sweep.environment import device_environment
+from bench.sweep.run import run
+from bench.sweep.worker import Worker
 
 SMOKE = ["timing=smoke", "sweep.heads=2", "sweep.head_dims=16", "progress=false", "report=false"]
 
@@ -71,9 +73,11 @@ def test_cuda_cells_are_limited_by_the_gpus_free_memory() -> None:
     worker = Worker(threads=1, imports=[], memory_limit_bytes=123)  # never started
     gpu_cell = Cell("full", z.Problem(device="cuda"), "fwd", {}, 0.0)
     cpu_cell = Cell("full", z.Problem(), "fwd", {}, 0.0)
-    assert _memory_limit(gpu_cell, worker, {"gpu_memory_free_bytes": 100e9}) == 90e9
-    assert _memory_limit(cpu_cell, worker, {"gpu_memory_free_bytes": 100e9}) == 123
-    assert _memory_limit(gpu_cell, worker, {}) == 123  # the GPU could not be asked: the worker's limit
+    assert memory_limit(gpu_cell, worker.memory_limit_bytes, {"gpu_memory_free_bytes": 100e9}) == 90e9
+    assert memory_limit(cpu_cell, worker.memory_limit_bytes, {"gpu_memory_free_bytes": 100e9}) == 123
+    assert (
+        memory_limit(gpu_cell, worker.memory_limit_bytes, {}) == 123
+    )  # the GPU could not be asked: the worker's limit
 
 
 def test_device_columns_are_every_row_column_they_fill() -> None:

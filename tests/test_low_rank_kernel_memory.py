@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import attention_zoo as z
+from attention_zoo.impls.transformer_xl import segment_memory_allowed
 from attention_zoo.reference import TOLERANCES, dense_attention, normalised_max_error
-from attention_zoo.transformer_xl import segment_memory_allowed
 
 
 def _mean_error_vs_exact(name: str, problem: z.Problem, input_scale: float, **hparams) -> float:

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import attention_zoo as z
-from attention_zoo import bigbird, reformer
-from attention_zoo.peers_extra import hf_bigbird_falls_back
+from attention_zoo.impls import bigbird, reformer
+from attention_zoo.peers.bigbird import hf_bigbird_falls_back
 from attention_zoo.reference import TOLERANCES, normalised_max_error
-from bench.cases import Cell, unsupported_reason
+from bench.core.cell import Cell, unsupported_reason
 
 PEERS = {
     "peer_fla_linear_attention": "fla",

@@ -78,7 +78,7 @@ def test_entry_point_plugin_adds_an_entry(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import attention_zoo as z
-            from attention_zoo.full import FullAttention
+            from attention_zoo.impls.full import FullAttention
 
             @z.register(family="full", exact=True, time="N^2", memory="N^2")
             def plugin_full(problem):
@@ -117,7 +117,7 @@ def test_approximate_entry_without_flops_is_an_error_naming_it() -> None:
 
 
 def test_a_cuda_problem_without_cuda_gets_the_registry_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.cases
+    from bench.core.cell import Cell, unsupported_reason
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     problem = z.Problem(q_len=8, head_dim=16, device="cuda")
@@ -126,8 +126,8 @@ def test_a_cuda_problem_without_cuda_gets_the_registry_reason(monkeypatch: pytes
             z.get(name).unsupported_reason(problem)
             == f"{name} cannot run on cuda: CUDA is not available in this process"
         )
-    cell = bench.cases.Cell(impl="linformer", problem=problem, mode="fwd", hparams={}, padding=0.0)
-    assert bench.cases.unsupported_reason(cell) == "linformer cannot run on cuda: CUDA is not available in this process"
+    cell = Cell(impl="linformer", problem=problem, mode="fwd", hparams={}, padding=0.0)
+    assert unsupported_reason(cell) == "linformer cannot run on cuda: CUDA is not available in this process"
 
 
 def test_a_missing_cuda_device_index_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from bench import regression_suite
-from bench.environment import REPO
-from bench.regression_suite import QUIET_PROBES, QuietGate
+from bench.check import suite as regression_suite
+from bench.check.checkout import REPO
+from bench.check.suite import QUIET_PROBES, QuietGate
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import report
+from bench.report import cli as report_cli
+from bench.report import render as report
 
 SIZES = (256, 512, 1024, 2048, 4096)
 FIGURES = ("complexity_time", "complexity_memory", "speedup", "accuracy")
@@ -205,9 +206,9 @@ def test_merged_runs_from_the_command_line_show_both_environments(tmp_path):
         run_dir = make_run_dir(tmp_path / f"run-{host}", host)
         rows = synthetic_rows(f"run-{host}", host, f"cpu-{host}", causal=(False,))
         rows = rows[rows["impl"].isin(["full", "sdpa_flash"])]  # two entries are enough to merge
-        rows.to_csv(run_dir / "rows.csv", index=False)  # read back by bench.results.load
+        rows.to_csv(run_dir / "rows.csv", index=False)  # read back by bench.rows.load
         run_dirs.append(str(run_dir))
-    assert report.main([*run_dirs, "--baseline", "full", "--out", str(tmp_path / "merged")]) == 0
+    assert report_cli.main([*run_dirs, "--baseline", "full", "--out", str(tmp_path / "merged")]) == 0
     html = (tmp_path / "merged" / "report.html").read_text()
     for host in ("host-a", "host-b"):
         assert f"config-of-{host}" in html and f"{host} cpu" in html  # config.yaml, environment.json
@@ -226,7 +227,7 @@ def test_report_without_ok_cells_says_so(tmp_path):
 
 def test_command_line_rejects_a_missing_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path / "nope")])
+        report_cli.main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2
     assert "not a folder:" in capsys.readouterr().err
 

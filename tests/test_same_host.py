@@ -10,8 +10,9 @@ import subprocess
 import pytest
 from suite_files import HEALTHY, HOST, SEQ_LENS, make_baseline, suite_file
 
-from bench import check, same_host
-from bench.environment import REPO
+from bench.check import cli as check
+from bench.check import same_host
+from bench.check.checkout import REPO
 
 SLOW_LIN_B = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
 

@@ -21,9 +21,10 @@ import pytest
 from bench_faulty_impls import GATE_ENV
 from test_bench_launchers import TINY, assert_measured_one_after_the_other, assert_same_cells
 
-from bench import results, summary
-from bench.config import compose_config
-from bench.run import run
+from bench import rows as results
+from bench.report import analysis as summary
+from bench.sweep.config import compose_config
+from bench.sweep.run import run
 
 REPO = Path(__file__).parent.parent
 SCRIPT = REPO / "scripts" / "local_slurm.sh"

@@ -149,7 +149,9 @@ def test_scores_exist_one_chunk_at_a_time(name: str) -> None:
     # window 64 at N = 4096: the whole sequence's banded scores would be heads * N * (block + 2w) = 1.6M entries
     seq_len, heads, head_dim, window, block, chunk, g = 4096, 2, 8, 64, 32, 4, 4
     problem = z.Problem(batch=1, q_heads=heads, kv_heads=1, q_len=seq_len, head_dim=head_dim)
-    hparams = {"window": window, "block": block, "chunk": chunk, **({"global_tokens": g} if name == "window_global" else {})}
+    hparams = {"window": window, "block": block, "chunk": chunk}
+    if name == "window_global":
+        hparams["global_tokens"] = g
     q, k, v = problem.make_inputs(requires_grad=True)
     impl = z.get(name).build(problem, **hparams)
     with LargestTensor() as largest:

@@ -171,7 +171,7 @@ def test_autotuned_forward_tiles_are_hopper_sane() -> None:
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     code = (
-        "import attention_zoo.triton_flash_kernels as k; "
+        "import attention_zoo.impls.triton_flash_kernels as k; "
         "assert all(w == 4 or m * n >= 128 * 128 for m, n, w, s in k.FORWARD_TILES), k.FORWARD_TILES; "
         "assert {'q_len', 'kv_len', 'HEAD_DIM'} <= set(k.AUTOTUNE_KEY); print(len(k.FORWARD_TILES))"
     )
@@ -185,7 +185,7 @@ def test_importing_attention_zoo_does_not_import_the_kernels() -> None:
     code = (
         "import sys, attention_zoo as z; "
         "assert 'triton_flash' in z.list_impls(); "
-        "assert 'attention_zoo.triton_flash_kernels' not in sys.modules"
+        "assert 'attention_zoo.impls.triton_flash_kernels' not in sys.modules"
     )
     child = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]

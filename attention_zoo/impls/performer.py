@@ -1,0 +1,225 @@
+"""Performer's FAVOR+ (Choromanski et al. 2021): softmax attention estimated with positive random features.
+
+phi(x) = exp(w_i^T x - |x|^2 / 2) / sqrt(m), i = 1..m, with x = q * d^-1/4 (likewise k), makes
+phi(q)^T phi(k) an unbiased estimate of exp(q^T k / sqrt(d)). Then
+    out = phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1))
+costs O(N*m*d) instead of O(N^2*d). Conventions:
+- w_i are orthogonal random features: d x d blocks from the QR of Gaussian matrices (signs fixed so
+  each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
+  performer-pytorch. One feature matrix is shared by every head.
+- Stabiliser: with exponents a_i = w_i^T x_q - |x_q|^2/2 and b_i = w_i^T x_k - |x_k|^2/2, the keys
+  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature (found online
+  over key chunks: the summary so far is rescaled by exp(c_old - c_new) when it grows; causal chunks
+  use the max over the keys up to their own, the only keys they see); the queries add
+  c_i (so each product exp(a_i + b_i) is unchanged) and subtract the max over features of the result,
+  one per query row (|x_q|^2/2, a row constant, drops out with it). The row constant cancels in the
+  normalisation and the c_i cancel in the product, so all are excluded from the gradient. Every
+  feature is then at most 1, each key feature column reaches 1, and each row's largest query feature
+  is 1 where its key column sums to at least 1, so the denominator is >= 1 (non-causal): large-norm
+  inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
+  features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
+  likewise and is dropped from the fast path.
+- Chunks: features exist `chunk` positions at a time (all heads), so the (N, m) feature maps of the
+  whole sequence never do: keys' features go into S = sum phi(k) [v, 1]^T (m x (d+1)) chunk by chunk,
+  then each query chunk's features meet S, each chunk in cache.
+- Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
+  S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
+  quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
+  (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
+- Padded keys get zero features (exponent -inf), so they add nothing to either sum.
+- Half-precision inputs are computed in float32: the features span many orders of magnitude.
+- dense_reference works in log space (log A = logsumexp over features of log phi(q) + log phi(k)),
+  so the float64 definition stays finite where exp of either exponent alone would not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.reference import expand_kv_heads
+from attention_zoo.registry import register
+from attention_zoo.rules import AtLeast
+
+# sequence positions whose features exist at once on the non-causal path (all heads): the tile sweep's best
+DEFAULT_CHUNK = 256
+
+
+def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """(m, d) float64: stacked orthogonal d x d blocks, rows rescaled to chi(d)-distributed norms."""
+    blocks = []
+    for _ in range(math.ceil(num_features / head_dim)):
+        q, r = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=generator, dtype=torch.float64))
+        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-uniform rows
+    directions = torch.cat(blocks)[:num_features]
+    norms = torch.randn(num_features, head_dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return directions * norms[:, None]
+
+
+class PerformerAttention(Attention):
+    """FAVOR+ linear attention with positive orthogonal random features, in cache-sized chunks of the sequence."""
+
+    def __init__(
+        self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int, chunk: int
+    ) -> None:
+        super().__init__(problem)
+        self.num_features, self.redraw = num_features, redraw
+        self.causal_chunk, self.chunk = causal_chunk, chunk
+        self.compute_dtype = problem.compute_dtype
+        self.generator = torch.Generator().manual_seed(seed)
+        # the features of the latest call (drawn here; redrawn per call when redraw is on)
+        self.register_buffer("features", self._draw())
+        mask = problem.key_padding_mask()  # (B, Nk) or None
+        # additive: 0 for a valid key, -inf for padding (exp(-inf) = 0: padded keys add nothing, however large)
+        self.register_buffer(
+            "key_bias",
+            None
+            if mask is None
+            else torch.zeros(mask.shape, dtype=self.compute_dtype, device=mask.device).masked_fill(~mask, -math.inf),
+        )
+        causal = min(causal_chunk, problem.q_len)
+        self.register_buffer(
+            "chunk_causal", torch.ones(causal, causal, dtype=self.compute_dtype, device=problem.device).tril_()
+        )
+
+    def _draw(self) -> torch.Tensor:
+        features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
+        return features.to(device=self.problem.device, dtype=self.compute_dtype)
+
+    def _key_exponents(self, k: torch.Tensor, start: int, w: torch.Tensor) -> torch.Tensor:
+        """b_i = w_i^T x_k - |x_k|^2/2 (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from `start`; -inf for padding."""
+        quarter = k.shape[-1] ** -0.25
+        exponent = torch.baddbmm(
+            k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-quarter * quarter / 2),
+            k.flatten(0, 1),
+            w.expand(k.shape[0] * k.shape[1], -1, -1),
+        ).view(*k.shape[:3], -1)
+        if self.key_bias is not None:
+            exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
+        return exponent
+
+    def _query_features(self, q: torch.Tensor, w: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
+        """Stabilised phi(q) (B, Hkv, G*c, m) of a query chunk q (B, Hq, c, d), the heads of a group stacked.
+
+        The keys' constants c_i are added back and each row's max is subtracted; the row's own
+        -|x|^2/2 is a row constant, so it cancels against that max and is left out.
+        """
+        batch, kv_heads = k_max.shape[:2]
+        exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[-1]).add_(k_max)
+        return exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp_()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.redraw:
+            self.features = self._draw()
+        out_dtype = q.dtype
+        q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
+        batch, kv_heads, kv_len, head_dim = k.shape
+        group, q_len = q.shape[1] // kv_heads, q.shape[2]
+        w = self.features.T * head_dim**-0.25  # folds x = q * d^-1/4 into the projection, (d, m)
+        v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
+        causal = self._causal if self.problem.causal else self._non_causal
+        out = causal(q, k, v_ones, w)  # (B, Hkv, G, Nq, d+1)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
+
+    def _non_causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """S = phi(K)^T [V, 1] over key chunks with an online max per feature, then phi(Q) S over query chunks.
+
+        Chunks are torch.split pieces, not slices: a slice's backward fills a zero tensor as large as
+        the whole input, once per chunk (quadratic in N); split's joins the chunks' gradients once.
+        """
+        batch, kv_heads = k.shape[:2]
+        state, k_max = None, None  # (B, Hkv, m, d+1); (B, Hkv, 1, m), the max of b_i over the keys so far
+        start = 0
+        for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v_ones.split(self.chunk, 2), strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
+            chunk_max = exponent.detach().amax(-2, keepdim=True)
+            new_max = chunk_max if k_max is None else torch.maximum(k_max, chunk_max)
+            summary = exponent.sub_(new_max).exp_().transpose(-1, -2) @ v_chunk
+            state = summary if k_max is None else state.mul_((k_max - new_max).exp_().transpose(-1, -2)).add_(summary)
+            k_max = new_max
+        group = q.shape[1] // kv_heads
+        chunks = [self._query_features(q_chunk, w, k_max) @ state for q_chunk in q.split(self.chunk, 2)]
+        return torch.cat([c.view(batch, kv_heads, group, -1, c.shape[-1]) for c in chunks], dim=3)
+
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Prefix sums over chunks of `causal_chunk` positions; key offset+i sits at query i (bottom-right)."""
+        batch, kv_heads, kv_len = k.shape[:3]
+        group, q_len, size = q.shape[1] // kv_heads, q.shape[2], self.causal_chunk
+        offset = kv_len - q_len
+        # keys before the first query's position are seen by every query: they start the state
+        before = [min(size, offset - s) for s in range(0, offset, size)]
+        sizes = [*before, *(min(size, q_len - s) for s in range(0, q_len, size))]
+        k_chunks, v_chunks = k.split(sizes, 2), v_ones.split(sizes, 2)
+        q_chunks = [None] * len(before) + list(q.split(size, 2))  # None: a chunk of keys before every query
+        state = v_ones.new_zeros(batch, kv_heads, w.shape[-1], v_ones.shape[-1])
+        k_max = v_ones.new_full((batch, kv_heads, 1, w.shape[-1]), -math.inf)
+        chunks, start = [], 0
+        for k_chunk, v_chunk, q_chunk in zip(k_chunks, v_chunks, q_chunks, strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
+            new_max = torch.maximum(k_max, exponent.detach().amax(-2, keepdim=True))
+            # -inf - -inf before any valid key: a state of zeros stays zero whatever its factor
+            state = state * (k_max - new_max).nan_to_num_(0.0).exp_().transpose(-1, -2)
+            k_max = new_max
+            phi_k = exponent.sub_(new_max).exp_()
+            if q_chunk is not None:
+                c = q_chunk.shape[2]
+                phi_q = self._query_features(q_chunk, w, new_max).view(batch, kv_heads, group, c, -1)
+                within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * self.chunk_causal[:c, :c]  # (B, Hkv, G, c, c)
+                chunks.append(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
+            state = state + phi_k.transpose(-1, -2) @ v_chunk
+        return torch.cat(chunks, dim=3)
+
+    def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.
+
+        Computed from log A, as softmax(log A) = A / A 1: exact where A's entries under- or overflow.
+        """
+        q, k, v = q.double(), k.double(), v.double()
+        x_scale = q.shape[-1] ** -0.25
+        w = self.features.double()
+
+        def log_phi(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, m); the -log sqrt(m) would cancel
+            x = x * x_scale
+            return x @ w.T - x.square().sum(-1, keepdim=True) / 2
+
+        log_phi_k = expand_kv_heads(log_phi(k), q.shape[1])
+        log_kernel = torch.logsumexp(log_phi(q)[..., :, None, :] + log_phi_k[..., None, :, :], dim=-1)
+        log_kernel = log_kernel.masked_fill(~self.problem.allowed_mask(), float("-inf"))  # (B, Hq, Nq, Nk)
+        return torch.softmax(log_kernel, dim=-1) @ expand_kv_heads(v, q.shape[1])
+
+
+def _flops(problem: Problem, hparams: dict) -> float:
+    m, d = hparams["num_features"], problem.head_dim
+    q_rows, k_rows = problem.q_heads * problem.q_len, problem.kv_heads * problem.kv_len
+    features = 2 * (q_rows + k_rows) * m * d
+    sums = 2 * k_rows * m * (d + 1) + 2 * q_rows * m * (d + 1)  # phi(K)^T [V, 1] and phi(Q) times it
+    within_chunks = 2 * q_rows * min(hparams["causal_chunk"], problem.q_len) * (m + d + 1) if problem.causal else 0
+    return float(problem.batch * (features + sums + within_chunks))
+
+
+@register(
+    family="kernel",
+    exact=False,
+    time="N*m*d",
+    memory="N*m",
+    flops=_flops,
+    check_hparams={"num_features": 32, "causal_chunk": 7, "chunk": 9},
+)
+def performer(
+    problem: Problem,
+    *,
+    num_features: Annotated[int, AtLeast(1)] = 256,
+    redraw: bool = False,
+    seed: int = 0,
+    causal_chunk: Annotated[int, AtLeast(1)] = 128,
+    chunk: Annotated[int, AtLeast(1)] = DEFAULT_CHUNK,
+) -> Attention:
+    """Performer FAVOR+: positive orthogonal random features, softmax kernel estimated in O(N*m*d)."""
+    return PerformerAttention(problem, num_features, redraw, seed, causal_chunk, chunk)

@@ -1,0 +1,123 @@
+"""torch.nn.functional.scaled_dot_product_attention with one backend pinned."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from attention_zoo.impls.full import rectangle_flops
+from attention_zoo.interface import Attention
+from attention_zoo.problem import Problem
+from attention_zoo.registry import register
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+class PinnedSDPA(Attention):
+    """SDPA restricted to one backend: a backend that cannot run raises instead of falling back."""
+
+    def __init__(self, problem: Problem, backend: SDPBackend) -> None:
+        super().__init__(problem)
+        self.backend = backend
+        self.enable_gqa = problem.group_size > 1
+        self.is_causal = problem.causal and problem.q_len == problem.kv_len and problem.kv_valid_lens is None
+        if problem.kv_valid_lens is not None:
+            self.attn_mask = problem.allowed_mask()  # (B, 1, Nq, Nk) bool, built once
+        elif problem.causal and not self.is_causal:
+            # SDPA's is_causal is top-left aligned; the problem's convention is bottom-right.
+            # Imported here: torch.nn.attention.bias imports torch._dynamo, which imports triton.
+            from torch.nn.attention.bias import causal_lower_right
+
+            self.attn_mask = causal_lower_right(problem.q_len, problem.kv_len)
+        else:
+            self.attn_mask = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel([self.backend]):
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=self.attn_mask, is_causal=self.is_causal, enable_gqa=self.enable_gqa
+            )
+
+
+@functools.cache
+def _probe(backend: SDPBackend, probe: Problem) -> str | None:
+    try:
+        PinnedSDPA(probe, backend)(*probe.make_inputs())
+    except RuntimeError as error:
+        return f"SDPA's {backend.name} backend cannot run this problem: {_first_line(error)}"
+    return None
+
+
+def _backend_availability(backend: SDPBackend):
+    """A reason when the pinned backend cannot run the problem, found by running a tiny problem of the same kind."""
+
+    def availability(problem: Problem) -> str | None:
+        if backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION) and problem.device_type != "cuda":
+            return f"SDPA's {backend.name} backend has CUDA kernels only, none for {problem.device_type}"
+        q_len = min(problem.q_len, 4)
+        if problem.kv_len == problem.q_len:
+            kv_len = q_len
+        else:  # keep the probe a cross-attention problem of the same orientation
+            kv_len = q_len + 3 if problem.kv_len > problem.q_len else q_len - 1
+        probe = Problem(
+            batch=1,
+            q_heads=problem.q_heads,
+            kv_heads=problem.kv_heads,
+            q_len=q_len,
+            kv_len=kv_len,
+            head_dim=problem.head_dim,
+            causal=problem.causal,
+            kv_valid_lens=None if problem.kv_valid_lens is None else (1,),
+            dtype=problem.dtype,
+            device=problem.device,
+        )
+        return _probe(backend, probe)
+
+    return availability
+
+
+@register(
+    family="full",
+    exact=True,
+    time="N^2",
+    memory="N^2",
+    flops_executed=rectangle_flops,
+    availability=_backend_availability(SDPBackend.MATH),
+)
+def sdpa_math(problem: Problem) -> Attention:
+    """PyTorch SDPA pinned to its math backend (unfused, materialises the scores)."""
+    return PinnedSDPA(problem, SDPBackend.MATH)
+
+
+@register(
+    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION)
+)
+def sdpa_flash(problem: Problem) -> Attention:
+    """PyTorch SDPA pinned to its FlashAttention backend (on CPU, torch's fused flash kernel)."""
+    return PinnedSDPA(problem, SDPBackend.FLASH_ATTENTION)
+
+
+@register(
+    family="flash",
+    exact=True,
+    time="N^2",
+    memory="N",
+    availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION),
+)
+def sdpa_efficient(problem: Problem) -> Attention:
+    """PyTorch SDPA pinned to its memory-efficient (xformers-derived, CUDA) backend."""
+    return PinnedSDPA(problem, SDPBackend.EFFICIENT_ATTENTION)
+
+
+@register(
+    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION)
+)
+def sdpa_cudnn(problem: Problem) -> Attention:
+    """PyTorch SDPA pinned to its cuDNN (CUDA) backend."""
+    return PinnedSDPA(problem, SDPBackend.CUDNN_ATTENTION)

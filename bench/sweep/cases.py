@@ -1,0 +1,145 @@
+"""Expand a config into cells (impl x problem x hyperparameters x mode), checking every value before anything runs."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import attention_zoo
+from attention_zoo import Problem
+from bench.core.cell import MODE_PASSES, Cell
+from bench.errors import BenchConfigError
+from bench.sweep.config import check_options
+
+GLOB_CHARS = set("*?[")
+
+
+def _axis(sweep: Mapping[str, Any], name: str, kinds: tuple[type, ...], allowed: tuple | None = None) -> list:
+    """One sweep axis as a non-empty list, each value of an allowed type (a scalar means a list of one)."""
+    values = sweep[name] if isinstance(sweep[name], list) else [sweep[name]]
+    if not values:
+        raise BenchConfigError(f"sweep.{name}=[] is empty: give at least one value")
+    type_names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+    for value in values:
+        # bool is an int in Python, but `heads: true` is a mistake, not 1 head
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BenchConfigError(
+                f"sweep.{name} value {value!r} is invalid: expected {type_names} (or a list of them)"
+            )
+        if allowed is not None and value not in allowed:
+            raise BenchConfigError(f"sweep.{name} value {value!r} is unknown: allowed are {', '.join(allowed)}")
+    return values
+
+
+def _grid_axes(sweep: Mapping[str, Any]) -> list[list]:
+    return [
+        _axis(sweep, "seq_lens", (int,)),
+        _axis(sweep, "batch", (int,)),
+        _axis(sweep, "heads", (int,)),
+        _axis(sweep, "kv_heads", (int, type(None))),
+        _axis(sweep, "head_dims", (int,)),
+        _axis(sweep, "causal", (bool,)),
+        _axis(sweep, "padding", (float, int)),
+        _axis(sweep, "dtypes", (str,)),
+        _axis(sweep, "devices", (str,)),
+    ]
+
+
+def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
+    """Every problem of the grid, shortest sequences first, with the padding fraction that made it."""
+    problems = []
+    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(
+        *_grid_axes(sweep)
+    ):
+        if not 0 <= padding < 1:
+            raise BenchConfigError(f"sweep.padding value {padding!r} is invalid: it must be in [0, 1)")
+        # every sequence of the batch keeps the same number of keys: padding is the fraction cut off
+        valid = max(1, round(seq_len * (1 - padding)))
+        problem = Problem(
+            batch=batch,
+            q_heads=heads,
+            kv_heads=kv_heads,
+            q_len=seq_len,
+            head_dim=head_dim,
+            causal=causal,
+            kv_valid_lens=(valid,) * batch if padding else None,
+            dtype=dtype,
+            device=device,
+        )
+        problems.append((problem, float(padding)))
+    return problems
+
+
+def select_impls(impls: Mapping[str, Any]) -> list[str]:
+    """Registered names matching the patterns (and the exact filter); a pattern matching nothing is an error."""
+    if not impls["patterns"]:
+        raise BenchConfigError("impls.patterns=[] is empty: give at least one name or glob, e.g. ['*']")
+    names: list[str] = []
+    for pattern in impls["patterns"]:
+        matched = attention_zoo.list_impls(pattern)
+        if not matched and not GLOB_CHARS & set(pattern):
+            attention_zoo.get(pattern)  # raises UnknownImplError naming close matches
+        if not matched:
+            registered = ", ".join(attention_zoo.list_impls())
+            raise BenchConfigError(f"impls pattern {pattern!r} matches no implementation; registered are: {registered}")
+        names += [name for name in matched if name not in names]
+    if impls["exact"] is not None:
+        names = [name for name in names if attention_zoo.get(name).exact == impls["exact"]]
+        if not names:
+            raise BenchConfigError(f"impls.exact={impls['exact']} leaves none of {impls['patterns']} to run")
+    return names
+
+
+def _import(module: str) -> None:
+    """Import a module that registers entries; a missing one is a config error naming it."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0] and error.name != module:
+            raise  # the module exists and one of its own imports failed: its traceback says where
+        raise BenchConfigError(f"imports=[{module}]: no module named {module!r} on the Python path") from None
+
+
+def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The entry's resolved hyperparameters, one dict per combination of the swept (list) values."""
+    entry = attention_zoo.get(name)
+    swept = {key: value if isinstance(value, list) else [value] for key, value in overrides.items()}
+    for key, values in swept.items():
+        if key in entry.hparams and not values:  # (an unknown name fails below, naming the allowed ones)
+            raise BenchConfigError(f"impls.hparams.{name}.{key}=[] is empty: give at least one value")
+    return [
+        entry.resolve_hparams(dict(zip(swept, combo, strict=False))) for combo in itertools.product(*swept.values())
+    ]
+
+
+def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
+    """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    check_options(plain)
+    impls, sweep = plain["impls"], plain["sweep"]
+    for module in plain.get("imports", []):
+        _import(module)  # extra entries (plugins, tests) register on import
+    names = select_impls(impls)
+    for name in impls["hparams"]:
+        attention_zoo.get(name)  # a typo in a hyperparameter block's name is an error, not silence
+    grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
+    modes = _axis(sweep, "modes", (str,), tuple(MODE_PASSES))
+    # counted before anything is expanded: a grid of a million cells would take minutes just to list
+    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * len(modes)
+    if count > sweep["max_cells"]:
+        raise BenchConfigError(
+            f"the grid has {count:,} cells, more than sweep.max_cells={sweep['max_cells']:,}: "
+            "sweep fewer values, or raise sweep.max_cells"
+        )
+    cells = []
+    for problem, padding in _problems(sweep):
+        for name in names:
+            for hparams in grids[name]:
+                attention_zoo.get(name).resolve_hparams(hparams, problem)  # rules on the problem (>= kv_len)
+                cells += [Cell(name, problem, mode, hparams, padding) for mode in modes]
+    return cells

@@ -1,0 +1,110 @@
+"""The config schema: dataclasses registered in Hydra's ConfigStore; the YAML in conf/ only picks and overrides.
+
+Sweep axes accept one value or a list of values (a list is swept); cases.py checks their types and
+values, so a bad one fails in one line before anything runs. Every other option declares its rules
+in its annotation (`threads: Annotated[int | None, AtLeast(1)]`, the same rules as the entries'
+hyperparameters, see attention_zoo/rules.py); `check_options` checks them all, a bound naming another
+option of the same section (`AtMost("max_samples")`) compares with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from attention_zoo.rules import Above, AtLeast, AtMost, declared
+from bench.core.locks import TIMING_LOCK
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ImplsConfig:
+    """Which registered implementations to run, and their hyperparameters."""
+
+    patterns: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs or names, see list_impls
+    exact: bool | None = None  # true: exact entries only; false: approximate only; null: both
+    # impl name -> {hyperparameter: value}; a list value is swept, one cell per value
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    """The grid: every combination of these axes is one problem, run in every mode."""
+
+    seq_lens: Any = field(default_factory=lambda: [256, 1024, 4096])  # q_len = kv_len
+    batch: Any = 1
+    heads: Any = 8  # query heads
+    kv_heads: Any = None  # null: as many as query heads (MHA); fewer: GQA/MQA
+    head_dims: Any = 64
+    causal: Any = False
+    padding: Any = 0.0  # fraction of each sequence's keys that are padding, in [0, 1)
+    dtypes: Any = "float32"
+    devices: Any = "cpu"
+    modes: Any = "fwd"  # fwd, bwd, fwd_bwd
+    max_cell_flops: Annotated[float | None, Above(0)] = None  # cells doing more work are skipped; null: no cap
+    max_cells: Annotated[int, AtLeast(1)] = 10_000  # a larger grid stops before it is expanded
+
+
+@dataclass
+class TimingConfig:
+    """How long and how often each cell is timed."""
+
+    warmup_calls: Annotated[int, AtLeast(0)] = 1  # untimed calls after building (compile, caches, allocator)
+    warmup_s: Annotated[float, AtLeast(0)] = 0.0  # and keep warming up until this much time has passed
+    min_samples: Annotated[int, AtLeast(1), AtMost("max_samples")] = 3
+    max_samples: Annotated[int, AtLeast(1)] = 50
+    budget_s: Annotated[float, AtLeast(0)] = (
+        0.5  # stop sampling once this much time has passed and min_samples are taken
+    )
+    cell_timeout_s: Annotated[float, Above(0)] = 300.0  # a cell running longer is killed and recorded as `timeout`
+
+
+@dataclass
+class BenchConfig:
+    """Everything one `python -m bench` run needs."""
+
+    impls: ImplsConfig = field(default_factory=ImplsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    threads: Annotated[int | None, AtLeast(1)] = None  # torch threads in the worker; null: os.cpu_count()
+    seed: int = 0  # inputs are drawn from this seed
+    memory_limit_bytes: Annotated[int | None, AtLeast(1)] = None  # worker RSS limit; null: 90% of MemAvailable
+    # a file every timing job on this machine locks while it measures, so that jobs started at once
+    # (submitit_local, two commands) measure one after the other; null: measure without waiting
+    timing_lock: str | None = TIMING_LOCK
+    imports: list[str] = field(default_factory=list)  # extra modules that register entries (plugins, tests)
+    resume: str | None = None  # a run folder: re-run its saved config, skipping cells already there
+    progress: bool = True  # show a progress bar
+    report: bool = True  # write report.html and report.md into the run folder at the end
+
+
+def check_options(plain: Mapping[str, Any], schema: type = BenchConfig, prefix: str = "") -> None:
+    """A one-line RuleError for the first option (sections included) its annotation does not allow."""
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for option in dataclasses.fields(schema):
+        value, hint = plain[option.name], hints[option.name]
+        if dataclasses.is_dataclass(hint):
+            check_options(value, hint, f"{prefix}{option.name}.")
+        else:
+            declared(hint).check(f"{prefix}{option.name}", value, plain)
+
+
+def register_configs() -> None:
+    """Make the schema known to Hydra; conf/config.yaml lists it first, so every key is type-checked."""
+    ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config one job of `python -m bench <overrides>` runs with, composed outside Hydra's app."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)

@@ -1,0 +1,73 @@
+"""Measure one cell, top to bottom: build, warm up, time, peak memory, error. Runs inside the worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+import attention_zoo
+from attention_zoo import Problem
+from bench.core.calls import mode_calls
+from bench.core.cell import Cell
+from bench.core.memory import measure_peak
+from bench.sweep.accuracy import error_vs_exact
+from bench.sweep.timing import on_device, synchronize, timer_for
+
+_INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
+
+
+def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch.Tensor, ...]:
+    """Fresh copies of the problem's inputs, drawn once per problem (make_inputs draws in float64 on the host:
+    seconds at N = 16k); cells run problem by problem, so the latest problem's are kept, on its device."""
+    key = (problem, seed)
+    if key not in _INPUTS:
+        _INPUTS.clear()  # the previous problem's go before this one's are drawn
+        _INPUTS[key] = problem.make_inputs(seed=seed)
+    return tuple(x.clone().requires_grad_(requires_grad) for x in _INPUTS[key])
+
+
+def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
+    with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
+        return _measure_on_device(cell, timing, seed)
+
+
+def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
+    problem, device_type = cell.problem, cell.problem.device_type
+    q, k, v = cell_inputs(problem, seed, requires_grad=cell.mode != "fwd")  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
+
+    # setup: build (projections, masks, compiled code) and warm up, timed together as setup_ms
+    started = time.perf_counter()
+    impl = attention_zoo.get(cell.impl).build(problem, **cell.hparams)
+    prepare, run = mode_calls(impl, q, k, v, cell.mode)
+    calls = 0
+    while calls < timing["warmup_calls"] or time.perf_counter() - started < timing["warmup_s"]:
+        run(prepare())
+        calls += 1
+    synchronize(device_type)
+    setup_ms = (time.perf_counter() - started) * 1e3
+
+    # timed repetitions: raw samples kept, statistics from them
+    samples = timer_for(device_type)(prepare, run, timing["min_samples"], timing["max_samples"], timing["budget_s"])
+
+    # peak memory of one more call, apart from timing; its forward output gives the error
+    state = prepare()
+    peak_bytes, out = measure_peak(device_type, lambda: run(state))
+    error = error_vs_exact(problem, out.detach(), q.detach(), k.detach(), v.detach())
+
+    return {
+        "status": "ok",
+        "reason": "",
+        "setup_ms": setup_ms,
+        "time_ms_median": samples.median,
+        "time_ms_iqr": samples.iqr,
+        "time_ms_min": samples.min,
+        "time_ms_samples": list(samples.ms),
+        "n_samples": len(samples.ms),
+        "noisy": samples.noisy,
+        "peak_bytes": peak_bytes,
+        "kernel": impl.kernel,
+        **error,
+    }
