@@ -25,6 +25,14 @@ class Attention(torch.nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor):
+        """The cache or state a decode step reads, from the context k, v (B, Hkv, L, D); see attention_zoo/decode.py."""
+        raise NotImplementedError(f"{type(self).__name__} takes no decode steps")
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state):
+        """(out (B, Hq, T, D), the updated state) for T new queries and their own new k, v (B, Hkv, T, D)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no decode steps")
+
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The float64 dense form of exactly what this implementation claims to compute.
 

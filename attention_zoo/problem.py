@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attention_zoo.errors import ProblemError
+
 DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
@@ -34,10 +36,6 @@ def compute_dtype(dtype: str) -> torch.dtype:
     As SDPA and FlashAttention do: a logit of a few hundred rounded to bfloat16 is off by a whole unit.
     """
     return torch.float32 if dtype in HALF_DTYPES else DTYPES[dtype]
-
-
-class ProblemError(ValueError):
-    """A problem value that cannot describe an attention task; the message is one line."""
 
 
 def _positive(field: str, value: object) -> None:
@@ -161,14 +159,17 @@ class Problem:
 
         return draw(self.q_heads, self.q_len), draw(self.kv_heads, self.kv_len), draw(self.kv_heads, self.kv_len)
 
-    def allowed_mask(self) -> torch.Tensor:
-        """Which keys each query may attend: bool (B, 1, Nq, Nk), True = attend (dense; for oracles)."""
-        q_pos = torch.arange(self.q_len, device=self.device)[:, None]
+    def allowed_mask(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Which keys each query may attend: bool (B, 1, Nq, Nk), True = attend (dense; for oracles).
+
+        rows: only these query positions (B, 1, len(rows), Nk), as the bench's error reference samples them.
+        """
+        q_pos = (torch.arange(self.q_len, device=self.device) if rows is None else rows.to(self.device))[:, None]
         k_pos = torch.arange(self.kv_len, device=self.device)[None, :]
-        allowed = torch.ones(self.q_len, self.kv_len, dtype=torch.bool, device=self.device)
+        allowed = torch.ones(len(q_pos), self.kv_len, dtype=torch.bool, device=self.device)
         if self.causal:
             allowed &= k_pos <= q_pos + self.causal_offset
-        allowed = allowed.expand(self.batch, 1, self.q_len, self.kv_len)
+        allowed = allowed.expand(self.batch, 1, len(q_pos), self.kv_len)
         if self.kv_valid_lens is not None:
             valid = torch.tensor(self.kv_valid_lens, device=self.device)
             allowed = allowed & (k_pos < valid[:, None, None, None])

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
-import math
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,64 +31,19 @@ from typing import Any
 
 import torch
 
+from attention_zoo.complexity import Complexity
+from attention_zoo.errors import HyperparameterError, UnknownImplError, UnsupportedError
 from attention_zoo.interface import Attention
+from attention_zoo.natural_sort import natural_key
 from attention_zoo.problem import DTYPES, Problem
 from attention_zoo.rules import Declared, RuleError, declarations
 
 FAMILIES = ("full", "flash", "sparse", "low_rank", "kernel", "memory")
-MODES = ("forward", "backward")
+MODES = ("forward", "backward")  # the passes unsupported_reason answers for
+# FLOPs per pass in multiples of the forward (FlashAttention's count of a backward); flops() also takes both at once
+PASS_FLOP_FACTORS = {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}
 FEATURES = ("causal", "padding", "gqa", "cross")
 ENTRY_POINT_GROUP = "attention_zoo.impls"
-
-
-class UnknownImplError(KeyError):
-    """An implementation name or pattern that matches nothing registered."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
-
-
-class HyperparameterError(RuleError):
-    """A hyperparameter an entry does not have, or a value it cannot use; the message is one line."""
-
-
-class UnsupportedError(RuntimeError):
-    """Building an entry for a problem it states it cannot run."""
-
-
-LOG_N = re.compile(r"log\(N\)(?:\^([0-9.]+))?")
-
-
-@dataclass(frozen=True)
-class Complexity:
-    """A declared complexity in the sequence length N, e.g. "N^2", "N*w" or "N*log(N)"."""
-
-    expr: str
-
-    @property
-    def exponent(self) -> float:
-        """The power of N the expression grows with, log factors aside (other symbols are constants)."""
-        powers = re.findall(r"N(?:\^([0-9.]+))?", LOG_N.sub("", self.expr))
-        return float(sum(float(p) if p else 1.0 for p in powers))
-
-    @property
-    def log_power(self) -> float:
-        """The power of log(N) beside N^exponent: 1 for "N*log(N)", 0 for a plain power law."""
-        return float(sum(float(p) if p else 1.0 for p in LOG_N.findall(self.expr)))
-
-    def slope(self, n_min: float, n_max: float) -> float:
-        """The log-log slope N^exponent * log(N)^log_power has between n_min and n_max: what a fit over them reads."""
-        if not self.log_power or n_max <= n_min:
-            return self.exponent
-        return self.exponent + self.log_power * log_slope(n_min, n_max)
-
-    def __str__(self) -> str:
-        return f"O({self.expr})"
-
-
-def log_slope(n_min: float, n_max: float) -> float:
-    """The log-log slope of log(N) between n_min and n_max (0.12 over 1k..16k): a log factor's share of a fit."""
-    return (math.log(math.log(n_max)) - math.log(math.log(n_min))) / (math.log(n_max) - math.log(n_min))
 
 
 FlopsFn = Callable[[Problem, Mapping[str, Any]], float]
@@ -137,8 +91,11 @@ class Entry:
     executed_flops_fn: FlopsFn | None = None  # None: the entry executes only the work flops_fn counts
     availability: AvailabilityFn = _always_available
     backward_availability: AvailabilityFn = _always_available  # what else the backward pass needs
-    check_hparams: Mapping[str, Any] = field(default_factory=dict)
+    oracle_hparams: Mapping[str, Any] = field(default_factory=dict)
     suite_hparams: Mapping[str, Any] = field(default_factory=dict)
+    # True: the built Attention has decode_state/decode_step (attention_zoo/decode.py); a string: why it cannot
+    decode: bool | str = False
+    decode_availability: AvailabilityFn | None = None  # what else a decode step needs; None: `availability`
     doc: str = ""
     declared: Mapping[str, Declared] = field(default_factory=dict)  # each hyperparameter's type and rules
 
@@ -175,13 +132,9 @@ class Entry:
         updated by `hparams`), or None when it can."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is unknown: allowed are {', '.join(MODES)}")
-        if problem.device_type not in self.devices:
-            return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
-        unavailable = device_unavailable(problem.device)
-        if unavailable:
-            return f"{self.name} cannot run on {problem.device}: {unavailable}"
-        if problem.dtype not in self.dtypes:
-            return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
+        placement = self._placement_reason(problem)
+        if placement:
+            return placement
         if mode not in self.modes:
             return f"{self.name} has no {mode} pass"
         missing = sorted(problem.features - self.features)
@@ -191,6 +144,37 @@ class Entry:
             return f"{self.name} does not support {', '.join(missing)} problems" + (f": {detail}" if detail else "")
         reason = self._available(problem, hparams)
         return reason or (self.backward_availability(problem) if mode == "backward" else None)
+
+    def decode_reason(self, problem: Problem, hparams: Mapping[str, Any] | None = None) -> str | None:
+        """Why this entry cannot take a decode step on the problem (q_len = T new tokens, kv_len = L + T), or None."""
+        if self.decode is not True:
+            return (
+                f"{self.name} cannot decode: {self.decode}" if self.decode else f"{self.name} declares no decode step"
+            )
+        placement = self._placement_reason(problem)
+        if placement:
+            return placement
+        if not problem.causal:
+            return "a decode step is causal generation: the decode problem must be causal"
+        if problem.kv_valid_lens is not None:
+            return "decode steps run on whole caches: a padded (ragged) cache is not measured"
+        missing = sorted(problem.features - self.features - {"cross"})  # decode is cross by construction
+        if missing:
+            return f"{self.name} does not support {', '.join(missing)} problems"
+        if self.decode_availability is not None:
+            return self.decode_availability(problem)
+        return self._available(problem, hparams)
+
+    def _placement_reason(self, problem: Problem) -> str | None:
+        """Why the entry cannot run on the problem's device or dtype, or None."""
+        if problem.device_type not in self.devices:
+            return f"{self.name} runs on {', '.join(sorted(self.devices))}, not {problem.device_type}"
+        unavailable = device_unavailable(problem.device)
+        if unavailable:
+            return f"{self.name} cannot run on {problem.device}: {unavailable}"
+        if problem.dtype not in self.dtypes:
+            return f"{self.name} supports dtypes {', '.join(sorted(self.dtypes))}, not {problem.dtype}"
+        return None
 
     def _available(self, problem: Problem, hparams: Mapping[str, Any] | None) -> str | None:
         if len(inspect.signature(self.availability).parameters) == 2:
@@ -204,8 +188,15 @@ class Entry:
             raise UnsupportedError(reason)
         return self.builder(problem, **self.resolve_hparams(overrides, problem))
 
+    def build_decoder(self, problem: Problem, **overrides: Any) -> Attention:
+        """Build the implementation whose decode_state/decode_step run the decode problem (T queries, L + T keys)."""
+        reason = self.decode_reason(problem, overrides)
+        if reason:
+            raise UnsupportedError(reason)
+        return self.builder(problem, **self.resolve_hparams(overrides, problem))
+
     def flops(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
-        """Useful FLOPs of one pass: forward as declared; backward 2.5x forward, forward+backward 3.5x."""
+        """Useful FLOPs of one pass ("forward", "backward", or "forward_backward": both), see PASS_FLOP_FACTORS."""
         return self._per_mode(self.flops_fn, problem, mode, overrides)
 
     def flops_executed(self, problem: Problem, mode: str = "forward", **overrides: Any) -> float:
@@ -214,10 +205,11 @@ class Entry:
 
     def _per_mode(self, forward_fn: FlopsFn, problem: Problem, mode: str, overrides: Mapping[str, Any]) -> float:
         forward = forward_fn(problem, self.resolve_hparams(overrides))
-        return forward * {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}[mode]
+        return forward * PASS_FLOP_FACTORS[mode]
 
 
 _REGISTRY: dict[str, Entry] = {}
+_loaded = False  # see load_entries
 ALL_DTYPES = tuple(d for d in DTYPES if d != "float64")
 
 
@@ -235,8 +227,10 @@ def register(
     flops_executed: FlopsFn | None = None,
     availability: AvailabilityFn = _always_available,
     backward_availability: AvailabilityFn = _always_available,
-    check_hparams: Mapping[str, Any] | None = None,
+    oracle_hparams: Mapping[str, Any] | None = None,
     suite_hparams: Mapping[str, Any] | None = None,
+    decode: bool | str = False,
+    decode_availability: AvailabilityFn | None = None,
     name: str | None = None,
 ) -> Callable[[Callable[..., Attention]], Callable[..., Attention]]:
     """Register a builder `fn(problem, *, hparam=default, ...) -> Attention` under its name.
@@ -246,9 +240,11 @@ def register(
     executes masked or padded work (whole tiles, buckets, slabs), counts everything it executes.
     availability(problem) says why the entry cannot run a problem at all (None: it can);
     backward_availability(problem), asked for the backward pass only, why it has no backward there.
-    check_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
+    oracle_hparams are the oracle's sizes (small enough for several tiles or blocks at its short lengths);
     suite_hparams the regression suite's (bench/check/suite.py: N = 256..2048), where the suite's
     sizes by hyperparameter name do not fit the entry.
+    decode=True: the built Attention takes decode steps (attention_zoo/decode.py); a string says why it cannot.
+    decode_availability(problem), asked for decode problems, replaces `availability` there.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")
@@ -281,17 +277,19 @@ def register(
             executed_flops_fn=flops_executed,
             availability=availability,
             backward_availability=backward_availability,
-            check_hparams=MappingProxyType(dict(check_hparams or {})),
+            oracle_hparams=MappingProxyType(dict(oracle_hparams or {})),
             suite_hparams=MappingProxyType(dict(suite_hparams or {})),
+            decode=decode,
+            decode_availability=decode_availability,
             doc=(inspect.getdoc(builder) or "").split("\n")[0],
             declared=MappingProxyType(_declared_hparams(entry_name, builder)),
         )
-        # fail at registration, not at run time, on a bad check_hparams/suite_hparams key or a default its rules refuse
-        for kind, given in (("check_hparams", entry.check_hparams), ("suite_hparams", entry.suite_hparams)):
+        # fail at registration, not at run time, on a bad oracle_hparams/suite_hparams key or a default its rules refuse
+        for kind, given in (("oracle_hparams", entry.oracle_hparams), ("suite_hparams", entry.suite_hparams)):
             unknown = set(given) - set(entry.hparams)
             if unknown:
                 raise ValueError(f"{entry_name}: {kind} {sorted(unknown)} are not hyperparameters")
-        entry.resolve_hparams(entry.check_hparams)
+        entry.resolve_hparams(entry.oracle_hparams)
         entry.resolve_hparams(entry.suite_hparams)
         _REGISTRY[entry_name] = entry
         return builder
@@ -308,19 +306,31 @@ def _declared_hparams(name: str, builder: Callable[..., Attention]) -> dict[str,
         raise ValueError(f"{name}: the builder's annotations cannot be evaluated ({error})") from None
 
 
-def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+def load_entries() -> None:
+    """Register every entry once, at the first lookup: our families, the peers, then the entry-point plugins.
+
+    `import attention_zoo` (or its torch-free parts: rules, errors, modes, complexity) loads no family.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("attention_zoo.impls")
+    importlib.import_module("attention_zoo.peers")
+    load_entry_points()
 
 
 def list_impls(pattern: str | Iterable[str] = "*") -> list[str]:
     """Registered names matching one or more fnmatch globs, naturally sorted."""
+    load_entries()
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     names = {n for n in _REGISTRY for p in patterns if fnmatch.fnmatchcase(n, p)}
-    return sorted(names, key=_natural_key)
+    return sorted(names, key=natural_key)
 
 
 def get(name: str) -> Entry:
     """The entry registered under `name`; an unknown name lists close matches and every name."""
+    load_entries()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,25 +1,10 @@
-"""One error path for the command lines (`python -m bench`, `bench.report`, `bench.check`).
+"""The harness's user errors: ones a user can fix, each with a one-line message naming the value and what is allowed.
 
-Every error a user can cause (a bad value, a folder that cannot be written, a damaged results file)
-ends the program with one line on stderr, naming the bad value and what is allowed, and exit code 2.
-Anything else is a programming error and keeps its traceback.
+Import-free, so the code the regression suite runs (bench/core) has them on the base side of an A/B
+too, whatever that commit's attention_zoo holds. How a command line ends on one: bench/command_line.py.
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import NoReturn
-
-import omegaconf
-from hydra.errors import HydraException
-
-from attention_zoo import ProblemError, UnknownImplError
-from attention_zoo.rules import RuleError
-
-USAGE_EXIT = 2
 
 
 class UserError(Exception):
@@ -28,52 +13,3 @@ class UserError(Exception):
 
 class BenchConfigError(UserError, ValueError):
     """A config value that cannot describe a sweep; the message is one line."""
-
-
-USER_ERRORS = (
-    UserError,
-    RuleError,
-    ProblemError,
-    UnknownImplError,
-    HydraException,
-    omegaconf.errors.OmegaConfBaseException,
-)
-
-
-def one_line(error: BaseException) -> str:
-    """The error's first line, followed by its cause's first line (Hydra wraps OmegaConf's reason)."""
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"{error.filename}: {error.strerror}"
-    parts = []
-    options = getattr(error, "options", None)  # Hydra's MissingConfigException lists a group's options
-    while error is not None and len(parts) < 2:
-        text = str(error).strip().splitlines()
-        if text and text[0].strip() not in parts:
-            parts.append(text[0].strip())
-        error = error.__cause__
-    return " ".join(parts) + (f"; available: {', '.join(options)}" if options else "")
-
-
-def is_user_error(error: BaseException) -> bool:
-    """A user error, or an OSError about a path (a folder that cannot be written, a file in the way)."""
-    return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.filename is not None)
-
-
-@contextmanager
-def exit_on_user_error(prog: str) -> Iterator[None]:
-    """Turn a user error raised inside into `prog: error: <one line>` on stderr and exit 2."""
-    try:
-        yield
-    except Exception as error:
-        if not is_user_error(error):
-            raise
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line on stderr and exit 2 (argparse prints its usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)

@@ -1,7 +1,7 @@
 """Power-law fits in N and crossover points: the numbers behind the report's complexity claims.
 
 Used by the report and by the regression check; every function takes plain arrays or a tidy
-results frame (SCHEMA.md) and never plots or formats.
+results frame (docs/rows.md) and never plots or formats.
 
 Which exponent is "the" exponent: fixed costs (Python dispatch, kernel launch, allocation) flatten
 a curve at small N, so a least-squares slope over every point underestimates the asymptotic growth
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attention_zoo.registry import Complexity
+from attention_zoo.complexity import Complexity
 
 ASYMPTOTIC_MIN_POINTS = 3
-EXPONENT_TOLERANCE = 0.25  # |fitted - declared| above this is flagged
+# the report flags a fitted exponent this far from the declared one (a description: the gate has its own)
+DECLARED_EXPONENT_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def fitted_exponents(
     groupby: Sequence[str] = ("impl",),
     value: str = "time_ms_median",
     declared: str | None = "declared_time_exponent",
-    tolerance: float = EXPONENT_TOLERANCE,
+    tolerance: float = DECLARED_EXPONENT_TOLERANCE,
     complexity: str | None = None,
 ) -> pd.DataFrame:
     """One row per group of ok cells: the asymptotic and all-points exponents of `value` in seq_len.

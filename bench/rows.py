@@ -1,4 +1,4 @@
-"""The row schema of a sweep's results (one row per cell) and the loader.
+"""The row schema of a sweep's results (one row per cell; every column in docs/rows.md) and the loader.
 
 The loader reads rows.csv (tolerating a truncated last line, as a killed run leaves it) and merges
 any number of run folders and multirun sweep folders; a damaged rows.csv is an error naming its bad
@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from attention_zoo.natural_sort import natural_key
 from bench.errors import UserError
 
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
 IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
-    "kv_len", "head_dim", "causal", "padding", "dtype", "device", "seq_len", "hparams",
+    "kv_len", "head_dim", "causal", "padding", "lengths", "decode_tokens", "dtype", "device", "seq_len", "hparams",
 ]  # fmt: skip
 DEVICE_COLUMNS = [  # bench.sweep.environment.device_environment, besides device_name
     "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",
@@ -33,15 +32,21 @@ MEASURED_COLUMNS = [
     "setup_ms", "time_ms_median", "time_ms_iqr", "time_ms_min", "time_ms_samples", "n_samples", "noisy",
     "peak_bytes", "predicted_bytes", "kernel",
     "flops", "flops_executed", "flop_per_s", "gemm_flop_per_s", "pct_of_gemm", "pct_of_gemm_executed",
+    "bytes_useful", "bytes_executed",
+    "time_per_token_ms", "bytes_read", "state_bytes", "bytes_per_s", "bandwidth_bytes_per_s", "pct_of_bandwidth",
+    "copy_bytes_per_s", "read_bytes_per_s",
     "error_rel_l2", "error_max_abs",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
     *DEVICE_COLUMNS,
     "started", "timestamp", "exclusive",
 ]  # fmt: skip
 # empty means "", not missing
-TEXT_COLUMNS = ["run_id", "job_id", "reason", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
                 "driver_version", "compute_capability", "flash_version"]  # fmt: skip
+# every row's status: measured, or why not (the entry cannot run it, predicted too big, out of memory, past its
+# time limit, failed); the failed ones are drawn where they failed
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error")
+FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 
 
 class DamagedResultsError(UserError):
@@ -91,10 +96,6 @@ def _bad_lines(text: str) -> list[int]:
     return [reader.line_num for fields in reader if len(fields) != width]
 
 
-def _job_order(path: Path) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def load(*run_dirs: str | Path) -> pd.DataFrame:
     """Rows of any run folders, and of every job folder inside multirun sweep folders, merged into one frame."""
     frames = []
@@ -102,7 +103,7 @@ def load(*run_dirs: str | Path) -> pd.DataFrame:
         files = (
             [run_dir / ROWS_CSV]
             if (run_dir / ROWS_CSV).exists()
-            else sorted(run_dir.glob(f"*/{ROWS_CSV}"), key=_job_order)
+            else sorted(run_dir.glob(f"*/{ROWS_CSV}"), key=natural_key)
         )
         if not files:
             raise NoResultsError(f"{run_dir} holds no {ROWS_CSV}, nor do its job folders: give a run or sweep folder")

@@ -23,13 +23,10 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict
 
+from bench.command_line import described
+
 STATE_POLL_MIN_S, STATE_POLL_MAX_S = 5.0, 60.0  # how often sacct is asked: a tenth of the wait, within these
 KILL_WAIT_MAX_S = 300.0  # how long stopped jobs may take to leave their node
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
@@ -96,7 +93,7 @@ if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
             folder = self._job_folder(number, overrides)
             rows = len(read_rows_csv(folder / ROWS_CSV)) if (folder / ROWS_CSV).exists() else 0
             if isinstance(outcome, JobReturn):  # SLURM ran it to the end; the bench itself raised
-                how = f"failed: {_one_line(outcome._return_value)}"
+                how = f"failed: {described(outcome._return_value)}"
             else:
                 how = f"ended {job.state}"
             return f"bench: job {number} (SLURM job {job.job_id}) {how}; {rows} row(s) kept in {folder}", folder

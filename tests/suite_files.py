@@ -4,14 +4,14 @@ import json
 
 import numpy as np
 
-from bench.check import cli as check
+from bench.check import baseline
 from bench.check import runs as suite_runs
 from bench.check.suite import METHOD
 
 SEQ_LENS = (256, 512, 1024, 2048)
 ROUNDS = 15
 NOISE = 0.04  # lognormal sigma of one round's ratio
-HOST = check.host_machine()  # suite files made here are from this host unless a test says otherwise
+HOST = baseline.host_machine()  # suite files made here are from this host unless a test says otherwise
 
 
 def suite_file(folder, entries, seed, name=suite_runs.SUITE_JSON, method=METHOD, reference_ms=2.0, host=HOST):

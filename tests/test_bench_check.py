@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from suite_files import HEALTHY, HOST, ROUNDS, SEQ_LENS, make_baseline, suite_file
 
+from bench.check import baseline
 from bench.check import cli as check
 from bench.check import runs as suite_runs
 from bench.check.checkout import REPO
@@ -150,7 +151,7 @@ def _fake_suite(monkeypatch, runs):
         suite_file(out_dir, entries, seed=len(calls))
         return 0
 
-    monkeypatch.setattr(check, "run_suite", run_suite)
+    monkeypatch.setattr(baseline, "run_suite", run_suite)
     return calls
 
 

@@ -108,7 +108,7 @@ def test_entry_keeps_its_tensors_on_the_problem_device(name: str, shape: str) ->
         if reason:
             pytest.skip(f"{name}: {reason}")
     with CudaOnHost() as placement:
-        impl = entry.builder(problem, **entry.resolve_hparams(entry.check_hparams))
+        impl = entry.builder(problem, **entry.resolve_hparams(entry.oracle_hparams))
         q, k, v = problem.make_inputs(requires_grad=True)
         out = impl(q, k, v)
         # the engine itself, not out.backward(): a torch function's own inner calls are not watched, and

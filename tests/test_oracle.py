@@ -3,7 +3,7 @@
 Parametrised over list_impls(): a newly registered entry is checked here without editing this file.
 Shapes are chosen to break naive code: length 1, lengths that are no multiple of any tile, an odd
 head dim, batches with different padding, GQA and MQA, cross-attention, and causal with Nq != Nk
-(bottom-right aligned). Entries run with their check_hparams, small enough to give several tiles,
+(bottom-right aligned). Entries run with their oracle_hparams, small enough to give several tiles,
 windows or segments at these lengths.
 
 Beyond float32 unit-normal inputs, VARIANTS run a few shapes in each half precision an entry declares,
@@ -133,7 +133,7 @@ def _build_or_skip(name: str, problem: z.Problem, mode: str) -> z.Attention:
         assert isinstance(reason, str) and reason.strip(), f"{name} gave an empty unsupported reason"
         pytest.skip(f"{name}: {reason}")
     torch.manual_seed(0)
-    return entry.build(problem, **entry.check_hparams)
+    return entry.build(problem, **entry.oracle_hparams)
 
 
 @pytest.mark.parametrize(("name", "variant"), FORWARD_CASES)
@@ -180,7 +180,7 @@ def test_cuda_problem_without_cuda_is_a_reason(name: str) -> None:
         reason = entry.unsupported_reason(problem, mode)
         assert isinstance(reason, str) and "CUDA is not available" in reason, reason
     with pytest.raises(z.UnsupportedError, match="CUDA is not available"):
-        entry.build(problem, **entry.check_hparams)
+        entry.build(problem, **entry.oracle_hparams)
 
 
 @pytest.mark.parametrize("name", z.list_impls())

@@ -37,7 +37,7 @@ def _build_or_skip(name: str, problem: z.Problem, mode: str) -> z.Attention:
     if reason:
         pytest.skip(f"{name}: {reason}")
     torch.manual_seed(0)
-    return entry.build(problem, **entry.check_hparams)
+    return entry.build(problem, **entry.oracle_hparams)
 
 
 def _within_tolerance(label: str, got: torch.Tensor, expected: torch.Tensor, dtype: str) -> None:

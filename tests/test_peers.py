@@ -153,7 +153,7 @@ def test_no_entry_trains_parameters_of_its_own(name: str) -> None:
     reason = entry.unsupported_reason(problem, "backward")
     if reason:
         pytest.skip(f"{name}: {reason}")
-    impl = entry.build(problem, **entry.check_hparams)
+    impl = entry.build(problem, **entry.oracle_hparams)
     assert [n for n, p in impl.named_parameters() if p.requires_grad] == []
     q, k, v = problem.make_inputs(requires_grad=True)
     impl(q, k, v).sum().backward()

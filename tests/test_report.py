@@ -1,4 +1,4 @@
-"""The report (bench.report): labels, tables and pages built from synthetic rows following SCHEMA.md."""
+"""The report (bench.report): labels, tables and pages built from synthetic rows following docs/rows.md."""
 
 import base64
 import io
@@ -49,7 +49,7 @@ def error_of(hparams: dict) -> float:
 
 
 def synthetic_rows(run_id="run-a", host="host-a", device_name="cpu-a", causal=(False, True), seed=0):
-    """Rows following SCHEMA.md, timed with ~3% multiplicative noise."""
+    """Rows following docs/rows.md, timed with ~3% multiplicative noise."""
     rng = np.random.default_rng(seed)
     records = []
     for flag in causal:
@@ -171,7 +171,7 @@ def test_failed_skipped_and_unsupported_cells_appear_in_the_page(single_run):
     markdown = (single_run.parent / "report.md").read_text()
     for reason in filter(None, REASONS.values()):
         assert reason in html
-    assert "did not finish there: full (oom), linformer (skipped)" in html
+    assert "Did not finish at N=4096: full (oom), linformer (skipped)." in html
     unsupported = markdown_rows(markdown, "Status", ("xformers_cutlass", "unsupported"))
     assert [r[3] for r in unsupported] == ["False", "True"] and unsupported[0][4] == ", ".join(map(str, SIZES))
     counts = markdown_rows(markdown, "Status", ("full",))[0]
@@ -214,7 +214,7 @@ def test_merged_runs_from_the_command_line_show_both_environments(tmp_path):
         assert f"config-of-{host}" in html and f"{host} cpu" in html  # config.yaml, environment.json
         assert f"device_name=cpu-{host}" in html  # one panel per machine
     assert "Varying besides N: device_name." in html
-    assert "Crossovers vs full" in html and "sdpa_flash vs full: faster: N &lt;= 256" in html
+    assert "Crossovers vs full" in html and "sdpa_flash vs full: faster from N &lt;= 256" in html
 
 
 def test_report_without_ok_cells_says_so(tmp_path):

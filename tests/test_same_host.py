@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from suite_files import HEALTHY, HOST, SEQ_LENS, make_baseline, suite_file
 
+from bench.check import ab, same_host
 from bench.check import cli as check
-from bench.check import same_host
 from bench.check.checkout import REPO
 
 SLOW_LIN_B = {**HEALTHY, "lin_b": (1.0, 3.0, 1.0, 8 * 2**20, 1.2)}
@@ -118,5 +118,5 @@ def test_the_base_zoo_is_attention_zoo_at_the_commit(tmp_path):
 
 
 def test_the_recorded_base_commit_resolves():
-    recorded = same_host.recorded_base(check.DEFAULT_BASELINE)
+    recorded = same_host.recorded_base(ab.DEFAULT_BASELINE)
     assert same_host.resolve_commit(recorded) == recorded

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Small shapes that break naive tiling: ragged lengths, length 1, padded head dims, per-sequence padding,
 # GQA/MQA, cross-attention both ways, causal with Nq < Nk (bottom-right). Tiles are the entry's
-# check_hparams (16 x 16) unless a case sets its own: unequal tiles move the causal phase boundaries.
+# oracle_hparams (16 x 16) unless a case sets its own: unequal tiles move the causal phase boundaries.
 # Offsets Nk - Nq of 14, 17 and 30 and valid lengths of 31 and 47 put a diagonal or a padding edge one key
 # inside a tile edge, where an off-by-one in the masked/unmasked phase split would show.
 CASES = {
@@ -64,7 +64,7 @@ def _interpreted_errors() -> dict[str, dict[str, float]]:
     for case, fields in CASES.items():
         problem = z.Problem(**fields)
         entry = z.get("triton_flash")
-        impl = entry.build(problem, **{**entry.check_hparams, **TILES.get(case, {})})
+        impl = entry.build(problem, **{**entry.oracle_hparams, **TILES.get(case, {})})
         q, k, v = problem.make_inputs(seed=1)
         if case == STRIDED_CASE:
             q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))

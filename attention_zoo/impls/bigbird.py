@@ -12,10 +12,10 @@ The sequence is cut into nb = ceil(N / block_size) blocks (the last one may be s
 A key block reached two ways (a window block that is global) counts once. Padded keys are never
 attended; block 0 is global and holds key 0, which is always real, so no query is left without a key.
 
-Computed blockwise, the N x N score matrix never exists: the middle query blocks score one contiguous
-key slab of w blocks (a strided view of the zero-padded K), the global keys and their r gathered random
-blocks, softmaxed together; the global query blocks are full rows. GQA stacks the heads of a group on
-the rows of a block (the random blocks are per query head, gathered for each). Scale 1/sqrt(d); half
+Computed blockwise, the N x N score matrix never exists: each middle query block gathers its keys and
+values (its slab of w blocks, the global keys, its r random blocks: rows of K fixed at build time, one
+index_select per call) and scores them in one GEMM, softmaxed together; the global query blocks are full
+rows. GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half
 precision computes scores and softmax in float32 and returns the input dtype. Not causal (random and
 global blocks look ahead) and self-attention only (the pattern pairs query block i with key block i).
 """
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import torch
-import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
@@ -110,10 +110,6 @@ def block_counts_dense(
     return dense_attention(q, k, v, allowed, score_bias=tokens.double().clamp_min(1).log()[None])
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
 class BigBirdAttention(Attention):
     """Block-sparse attention: middle query blocks against window slab + global keys + gathered random blocks."""
 
@@ -133,7 +129,7 @@ class BigBirdAttention(Attention):
         self.back_start = min(n, (nb - layout.back) * bs)
         valid = problem.key_padding_mask()
         valid = torch.ones(1, n, dtype=torch.bool, device=device) if valid is None else valid  # (B', N)
-        self.register_buffer("row_bias", _additive(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
+        self.register_buffer("row_bias", additive_bias(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
         self.global_keys = [*range(self.front_end), *range(self.back_start, n)]
         middle = torch.tensor(list(layout.middle), dtype=torch.long, device=device)
         if len(middle):
@@ -151,21 +147,21 @@ class BigBirdAttention(Attention):
             slab_allowed = slab_ok & (slab >= 0) & (slab < n) & gather_valid(slab)  # (B', nm, w*bs)
             rand_allowed = rand_ok & gather_valid(rand)  # (B', H, nm, r*bs)
             global_allowed = gather_valid(gk)  # (B', g*bs)
-            heads, kv_heads = problem.q_heads, problem.kv_heads
-            group, nm = heads // kv_heads, len(middle)
-            slab_bias = _additive(slab_allowed, self.compute_dtype)[:, None, :, None, None, :].expand(
-                -1, kv_heads, nm, group, 1, -1
-            )
-            global_bias = _additive(global_allowed, self.compute_dtype)[:, None, None, None, None, :].expand(
-                -1, kv_heads, nm, group, 1, -1
-            )
-            rand_bias = _additive(rand_allowed, self.compute_dtype).view(-1, kv_heads, group, nm, 1, rand.shape[-1])
-            rand_bias = rand_bias.transpose(2, 3)
-            # (B', Hkv, nm, G, 1, w*bs + g*bs + r*bs): every middle score column's mask
-            self.register_buffer("middle_bias", torch.cat([slab_bias, global_bias, rand_bias], dim=-1).contiguous())
-            # which kv head each query head reads, for gathering its random blocks
-            self.register_buffer("random_blocks", random_table.clamp_min(0))
-            self.register_buffer("kv_head_of", torch.arange(heads, device=device) // group)
+            heads, nm = problem.q_heads, len(middle)
+            # every middle score column, per query head: window slab, global keys, random blocks (H, nm, L)
+            columns = torch.cat([slab.expand(heads, -1, -1), gk.expand(heads, nm, -1), rand], dim=-1)
+            slab_allowed = slab_allowed[:, None].expand(-1, heads, -1, -1)
+            global_allowed = global_allowed[:, None, None].expand(-1, heads, nm, -1)
+            allowed = torch.cat([slab_allowed, global_allowed, rand_allowed], dim=-1)
+            self.register_buffer(
+                "middle_bias", additive_bias(allowed, self.compute_dtype)[:, :, :, None]
+            )  # (B', H, nm, 1, L)
+            # rows of the flattened (B*Hkv*N, D) keys and values that each middle block gathers: (B*H*nm*L,)
+            kv_head = torch.arange(problem.batch, device=device)[:, None] * problem.kv_heads + (
+                torch.arange(heads, device=device) // problem.group_size
+            )  # (B, H)
+            rows = kv_head[:, :, None, None] * n + columns.clamp(0, n - 1)[None]
+            self.register_buffer("middle_rows", rows.flatten())
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
@@ -186,50 +182,21 @@ class BigBirdAttention(Attention):
         return (torch.softmax(scores, dim=-1) @ v).view(batch, heads, rows, head_dim)
 
     def _middle_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The middle query blocks' rows (B, Hq, rows up to back_start, D)."""
+        """The middle query blocks' rows (B, Hq, rows up to back_start, D): each block against its gathered keys."""
         layout = self.layout
-        batch, kv_heads, n, head_dim = k.shape
-        heads, bs, nb = q.shape[1], layout.block_size, layout.blocks
-        group, nm, first = heads // kv_heads, len(layout.middle), layout.middle.start
-        end_pad = nb * bs - n
-        # queries: (B, Hq, N, D) -> (B, Hkv, nm, G, bs, D)
-        q_mid = pad_rows(q, end_pad)[:, :, first * bs : (first + nm) * bs]
-        q_mid = q_mid.view(batch, kv_heads, group, nm, bs, head_dim).transpose(2, 3)
-        q_rows = q_mid.reshape(batch, kv_heads, nm, group * bs, head_dim)
-        # window: block i's slab starts at padded key (i - half + half) * bs; unfold gives overlapping views
-        window = 2 * layout.half + 1
-        front = layout.half * bs
-        k_pad = F.pad(k, (0, 0, front, end_pad + front))
-        v_pad = F.pad(v, (0, 0, front, end_pad + front))
-        k_slab = k_pad.unfold(2, window * bs, bs)[:, :, first : first + nm]  # (B, Hkv, nm, D, w*bs)
-        v_slab = v_pad.unfold(2, window * bs, bs)[:, :, first : first + nm].transpose(-1, -2)
-        k_global, v_global = k[:, :, self.global_keys], v[:, :, self.global_keys]  # (B, Hkv, g*bs, D)
-        # random blocks of each query head, gathered from its kv head: (B, Hkv, nm, G, r*bs, D)
-        k_blocks = pad_rows(k, end_pad).view(batch, kv_heads, nb, bs, head_dim)
-        v_blocks = pad_rows(v, end_pad).view(batch, kv_heads, nb, bs, head_dim)
-        index = (self.kv_head_of[:, None, None], self.random_blocks)
+        batch, heads, n, head_dim = q.shape
+        bs, nm, first = layout.block_size, len(layout.middle), layout.middle.start
+        # queries: (B, Hq, N, D) -> (B, Hq, nm, bs, D)
+        q_mid = pad_rows(q, layout.blocks * bs - n)[:, :, first * bs : (first + nm) * bs]
+        q_mid = q_mid.reshape(batch, heads, nm, bs, head_dim)
 
-        def gathered(blocks: torch.Tensor) -> torch.Tensor:
-            picked = blocks[:, index[0], index[1]]  # (B, Hq, nm, r, bs, D)
-            return picked.view(batch, kv_heads, group, nm, -1, head_dim).transpose(2, 3)
+        def gathered(x: torch.Tensor) -> torch.Tensor:  # (B, Hkv, N, D) -> (B, Hq, nm, L, D)
+            return x.reshape(-1, head_dim).index_select(0, self.middle_rows).view(batch, heads, nm, -1, head_dim)
 
-        k_rand, v_rand = gathered(k_blocks), gathered(v_blocks)
-        slab_w, global_w = window * bs, k_global.shape[2]
-        scores = torch.cat(
-            [
-                (q_rows @ k_slab).view(batch, kv_heads, nm, group, bs, slab_w),
-                (q_rows @ k_global.transpose(-1, -2)[:, :, None]).view(batch, kv_heads, nm, group, bs, global_w),
-                q_mid @ k_rand.transpose(-1, -2),
-            ],
-            dim=-1,
-        )
-        probs = torch.softmax(scores.add_(self.middle_bias), dim=-1)
-        p_slab = probs[..., :slab_w].reshape(batch, kv_heads, nm, group * bs, slab_w)
-        p_global = probs[..., slab_w : slab_w + global_w].reshape(batch, kv_heads, nm, group * bs, global_w)
-        out = (p_slab @ v_slab + p_global @ v_global[:, :, None]).view(batch, kv_heads, nm, group, bs, head_dim)
-        out = out + probs[..., slab_w + global_w :] @ v_rand
-        out = out.transpose(2, 3).reshape(batch, heads, nm * bs, head_dim)
-        return out[:, :, : self.back_start - first * bs]
+        # one score matrix per block over window slab, global keys and random blocks, masked where not allowed
+        scores = (q_mid @ gathered(k).transpose(-1, -2)).add_(self.middle_bias)  # (B, Hq, nm, bs, L)
+        out = torch.softmax(scores, dim=-1) @ gathered(v)  # (B, Hq, nm, bs, D)
+        return out.view(batch, heads, nm * bs, head_dim)[:, :, : self.back_start - first * bs]
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax over exactly the keys of the block mask (global, window, this build's random blocks), float64."""
@@ -267,8 +234,9 @@ def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     features=("padding", "gqa"),
     flops=computed_flops,
     availability=_availability,
-    check_hparams={"block_size": 8, "num_random_blocks": 2},
+    oracle_hparams={"block_size": 8, "num_random_blocks": 2},
     suite_hparams={"block_size": 32},
+    decode="not causal: global and random blocks attend later positions, so there is no decode step",
 )
 def bigbird(
     problem: Problem,

@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import torch
 
+from attention_zoo.decode import KVCache, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
@@ -67,8 +69,7 @@ class _Tiling:
             allowed = allowed & (k_pos[None, :] <= q_pos[:, None] + self.offset)
         if crosses_padding and self.valid is not None:
             allowed = allowed & (k_pos < self.valid[:, None, None, None, None])
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        return bias.masked_fill_(~allowed, float("-inf"))
+        return additive_bias(allowed, dtype)
 
 
 class _FlashFunction(torch.autograd.Function):
@@ -147,6 +148,49 @@ class BlockwiseAttention(Attention):
         k5, v5 = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
         return _FlashFunction.apply(q5, k5, v5, self.tiling).view(q.shape).to(q.dtype)
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """The KV cache: the context's keys and values, with room for the problem's T new tokens."""
+        return KVCache.from_context(k, v, self.problem.q_len)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
+        """Flash-decoding (split-K): the cache cut into k_tile chunks, each chunk's softmax statistics and
+        weighted values computed at once (one batched product over the chunks), combined by log-sum-exp.
+
+        A T-query step has too few query rows to tile; splitting the keys is what gives the work its width.
+        The keys before the step are seen by every new query; the step's own T keys form one more, masked, part.
+        """
+        cache = cache.append(k, v)
+        compute, steps, k_tile = self.problem.compute_dtype, q.shape[2], self.tiling.k_tile
+        keys, values = cache.keys.to(compute), cache.values.to(compute)  # (B, Hkv, L+T, D); no copy in float32
+        q_rows = grouped_queries(q.to(compute) * self.scale, keys.shape[1])  # (B, Hkv, G*T, D)
+        context = keys.shape[2] - steps
+        whole = context // k_tile * k_tile
+        parts = []
+        if whole:  # (B, Hkv, S, k_tile, D): a view of the cache, chunked
+            chunks_k = keys[:, :, :whole].unflatten(2, (-1, k_tile))
+            chunks_v = values[:, :, :whole].unflatten(2, (-1, k_tile))
+            parts.append(_partial(q_rows.unsqueeze(2) @ chunks_k.transpose(-1, -2), chunks_v))
+        if whole < context:
+            rest = slice(whole, context)
+            parts.append(_partial((q_rows @ keys[:, :, rest].transpose(-1, -2)).unsqueeze(2), values[:, :, None, rest]))
+        own = q_rows @ keys[:, :, context:].transpose(-1, -2)  # (B, Hkv, G*T, T)
+        allowed = new_token_mask(steps, q.device).repeat(own.shape[2] // steps, 1)
+        parts.append(_partial(own.masked_fill(~allowed, float("-inf")).unsqueeze(2), values[:, :, None, context:]))
+        row_max, row_sum, acc = (torch.cat(x, dim=2) for x in zip(*parts, strict=True))  # (B, Hkv, S', G*T, .)
+        weight = (row_max - row_max.amax(dim=2, keepdim=True)).exp_()
+        out = (weight * acc).sum(2) / (weight * row_sum).sum(2)
+        return out.view(q.shape).to(q.dtype), cache
+
+
+def _partial(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One split's (max, sum of exp, exp-weighted values) from scores (..., S, rows, keys) and values (..., S, keys, D).
+
+    Every split holds at least one allowed key per row (a new query always sees its own key).
+    """
+    row_max = scores.amax(dim=-1, keepdim=True)
+    probs = (scores - row_max).exp_()
+    return row_max, probs.sum(dim=-1, keepdim=True), probs @ values
+
 
 def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     """Forward FLOPs of the visited tiles: the masked pairs of tiles crossing the diagonal or padding included."""
@@ -160,7 +204,8 @@ def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     time="N^2",
     memory="N",
     flops_executed=_executed_flops,
-    check_hparams={"q_tile": 16, "k_tile": 24},
+    oracle_hparams={"q_tile": 16, "k_tile": 24},
+    decode=True,
 )
 def blockwise(
     problem: Problem, *, q_tile: Annotated[int, AtLeast(1)] = 256, k_tile: Annotated[int, AtLeast(1)] = 512

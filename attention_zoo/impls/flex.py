@@ -98,16 +98,19 @@ FLEX = {
     "dtypes": ("float32", "float16", "bfloat16"),
     "flops": band_flops,
     "availability": _availability,
+    # flex_attention compiles one BlockMask per shape: a decode step would recompile as the cache grows
+    "decode": "the mask is compiled into a BlockMask per (Nq, Nk): each step's longer cache would recompile; "
+    "sliding_window's ring is this mask's decode step",
 }
 
 
-@register(time="N*w", memory="N", check_hparams={"window": 5}, **FLEX)
+@register(time="N*w", memory="N", oracle_hparams={"window": 5}, **FLEX)
 def flex_sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
     """sliding_window's band through compiled flex_attention and a BlockMask (build compiles; forward only)."""
     return FlexWindowAttention(problem, window, 0)
 
 
-@register(time="N*(w+g)", memory="N", check_hparams={"window": 5, "global_tokens": 3}, **FLEX)
+@register(time="N*(w+g)", memory="N", oracle_hparams={"window": 5, "global_tokens": 3}, **FLEX)
 def flex_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
     """window_global's Longformer pattern through compiled flex_attention and a BlockMask (build compiles)."""
     return FlexWindowAttention(problem, window, global_tokens)

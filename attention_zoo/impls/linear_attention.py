@@ -7,7 +7,8 @@ No 1/sqrt(d) scale (the paper has none; any constant would cancel in the normali
 - Causal (bottom-right): query i sums keys j <= i + (Nk - Nq). Chunked prefix sums over `causal_chunk`
   positions: every chunk's state phi(K_c)^T [V_c, 1] at once, an exclusive cumulative sum over chunks
   (the keys before the first query's position are every chunk's initial state), and inside a chunk the
-  masked c x c quadratic form. No Python loop over chunks; per-position d x d states never exist.
+  masked c x c quadratic form. No Python loop over chunks; per-position d x d states never exist. The
+  backward is written out (_CausalChunks): the same chunk products in reverse, nothing but them saved.
 - Padding: padded keys get phi = 0, so they add nothing to either sum. Key 0 is always real and every
   query sees it, so no denominator is zero.
 - GQA: the query heads of a group are stacked on the query axis against their one key/value state.
@@ -23,6 +24,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
@@ -44,8 +46,57 @@ def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
     return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
 
 
+class _CausalChunks(torch.autograd.Function):
+    """Causal linear attention over chunks, forward and a hand-written backward (the same chunked sums in reverse).
+
+    Per chunk (batch dims flattened to one): qc (G*c, d) query features, the G heads of a group stacked on
+    the rows; kc (c, d) key features; vc (c, e) values; s0 (d, e) and z0 (d,) the sums of the keys before
+    the first chunk; mask (G*c, c) the causal mask of one chunk. Returns out (G*c, e):
+
+        S_before = s0 + sum of kc^T vc over earlier chunks,  z_before likewise of kc^T 1
+        A = (qc kc^T) * mask,   out = (qc S_before + A vc) / (qc z_before + A 1)
+
+    Autograd through these steps would save and replay every elementwise pass; this backward needs only
+    the chunk GEMMs: with gn = g / den and gd = -(g . out) / den,
+        dA = (gn vc^T + gd) * mask,  dq = gn S_before^T + gd z_before^T + dA kc,
+        dk = dA^T qc + vc S_after^T + z_after,  dv = A^T gn + kc S_after,
+    S_after (z_after) being the sums of qc^T gn (qc^T gd) over later chunks, and ds0 (dz0) their total.
+    """
+
+    @staticmethod
+    def forward(ctx, qc, kc, vc, s0, z0, mask):  # qc (X, nc, G*c, d); kc (X, nc, c, d); vc (X, nc, c, e)
+        states = kc.transpose(-1, -2) @ vc  # (X, nc, d, e)
+        norms = kc.sum(-2)  # (X, nc, d)
+        s_before = torch.cat([s0[:, None], states[:, :-1]], dim=1).cumsum_(1)  # exclusive prefix sums + s0
+        z_before = torch.cat([z0[:, None], norms[:, :-1]], dim=1).cumsum_(1)
+        scores = (qc @ kc.transpose(-1, -2)).mul_(mask)  # A (X, nc, G*c, c)
+        num = torch.matmul(qc, s_before).add_(scores @ vc)
+        den = (qc @ z_before[..., None]).add_(scores.sum(-1, keepdim=True))  # (X, nc, G*c, 1)
+        # a padding row of the last chunk has den 0 and num 0: out 0 there, and no 0/0 reaches the gradients
+        den.clamp_min_(torch.finfo(den.dtype).tiny)
+        out = num.div_(den)
+        ctx.save_for_backward(qc, kc, vc, s_before, z_before, scores, den, out, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qc, kc, vc, s_before, z_before, scores, den, out, mask = ctx.saved_tensors
+        gn = grad / den
+        gd = (grad * out).sum(-1, keepdim=True).div_(den).neg_()  # (X, nc, G*c, 1)
+        d_scores = (gn @ vc.transpose(-1, -2)).add_(gd).mul_(mask)
+        dq = (gn @ s_before.transpose(-1, -2)).add_(d_scores @ kc).addcmul_(gd, z_before[..., None, :])
+        d_states = qc.transpose(-1, -2) @ gn  # (X, nc, d, e): what each chunk's S_before received
+        d_norms = (qc * gd).sum(-2)  # (X, nc, d)
+        s_total, z_total = d_states.sum(1), d_norms.sum(1)
+        s_after = d_states.cumsum(1).neg_().add_(s_total[:, None])  # sums over later chunks
+        z_after = d_norms.cumsum(1).neg_().add_(z_total[:, None])
+        dk = (d_scores.transpose(-1, -2) @ qc).add_(vc @ s_after.transpose(-1, -2)).add_(z_after[..., None, :])
+        dv = (scores.transpose(-1, -2) @ gn).add_(kc @ s_after)
+        return dq, dk, dv, s_total, z_total, None
+
+
 class LinearAttention(Attention):
-    """phi(Q) (phi(K)^T [V, 1]) with phi = elu + 1; causal by chunked prefix sums."""
+    """phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1) with phi = elu + 1; causal by chunked prefix sums."""
 
     def __init__(self, problem: Problem, causal_chunk: int) -> None:
         super().__init__(problem)
@@ -60,46 +111,60 @@ class LinearAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
-        batch, kv_heads, kv_len, head_dim = k.shape
-        group, q_len = q.shape[1] // kv_heads, q.shape[2]
+        batch, kv_heads, _, head_dim = k.shape
         phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         if self.key_keep is not None:
             phi_k = phi_k * self.key_keep
-        v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and normaliser at once
         if self.problem.causal:
-            out = self._causal(phi_q, phi_k, v_ones)  # (B, Hkv, G, Nq, d+1)
-        else:
-            state = phi_k.transpose(-1, -2) @ v_ones  # (B, Hkv, d, d+1)
-            out = (phi_q.reshape(batch, kv_heads, group * q_len, head_dim) @ state).view(
-                batch, kv_heads, group, q_len, -1
-            )
-        out = out[..., :head_dim] / out[..., head_dim:]
-        return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
+            return self._causal(phi_q, phi_k, v).to(out_dtype)
+        # the query heads of a group stacked on the rows against their one kv state: (B, Hkv, G*Nq, d)
+        rows = phi_q.reshape(batch, kv_heads, -1, head_dim)
+        num = rows @ (phi_k.transpose(-1, -2) @ v)  # (B, Hkv, G*Nq, d)
+        den = rows @ phi_k.sum(-2)[..., None]  # (B, Hkv, G*Nq, 1)
+        return num.div_(den).view(q.shape).to(out_dtype)
 
-    def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v_ones: torch.Tensor) -> torch.Tensor:
-        """phi_q (B, Hq, Nq, d); phi_k (B, Hkv, Nk, d); v_ones (B, Hkv, Nk, d+1) -> (B, Hkv, G, Nq, d+1)."""
+    def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """phi_q (B, Hq, Nq, d); phi_k, v (B, Hkv, Nk, d) -> (B, Hq, Nq, d)."""
         batch, kv_heads, kv_len, head_dim = phi_k.shape
-        q_len, c = phi_q.shape[2], self.chunk
-        group, chunks = phi_q.shape[1] // kv_heads, -(-q_len // c)
+        heads, q_len, c = phi_q.shape[1], phi_q.shape[2], self.chunk
+        group, chunks = heads // kv_heads, -(-q_len // c)
         offset, pad = kv_len - q_len, chunks * c - q_len
-        # keys before the first query's position are seen by every query: the initial state
-        initial = phi_k[:, :, :offset].transpose(-1, -2) @ v_ones[:, :, :offset]  # (B, Hkv, d, d+1)
+        # keys before the first query's position are seen by every query: the initial sums
+        s0 = phi_k[:, :, :offset].transpose(-1, -2) @ v[:, :, :offset]  # (B, Hkv, d, d)
+        z0 = phi_k[:, :, :offset].sum(-2)  # (B, Hkv, d)
         # key offset + i sits at query i: chunk both alike (zero padding adds nothing)
-        k_chunks = pad_rows(phi_k[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim)
-        v_chunks = pad_rows(v_ones[:, :, offset:], pad).view(batch, kv_heads, chunks, c, head_dim + 1)
-        chunk_states = k_chunks.transpose(-1, -2) @ v_chunks  # (B, Hkv, nc, d, d+1)
-        before = chunk_states.cumsum(2).sub_(chunk_states).add_(initial[:, :, None])  # exclusive prefix sums
-        # queries: (B, Hq, Nq, d) -> (B, Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
+        k_chunks = pad_rows(phi_k[:, :, offset:], pad).reshape(batch * kv_heads, chunks, c, head_dim)
+        v_chunks = pad_rows(v[:, :, offset:], pad).reshape(batch * kv_heads, chunks, c, head_dim)
+        # queries: (B, Hq, Nq, d) -> (B*Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
         q_chunks = pad_rows(phi_q, pad).reshape(batch, kv_heads, group, chunks, c, head_dim)
-        q_chunks = q_chunks.transpose(2, 3).reshape(batch, kv_heads, chunks, group * c, head_dim)
-        within = (q_chunks @ k_chunks.transpose(-1, -2)).mul_(self.chunk_causal)  # (B, Hkv, nc, G*c, c)
-        out = (q_chunks @ before).add_(within @ v_chunks)  # (B, Hkv, nc, G*c, d+1)
-        out = out.view(batch, kv_heads, chunks, group, c, head_dim + 1).transpose(2, 3)
-        # padded query rows are cut before the division: their 0/0 never exists
-        return out.reshape(batch, kv_heads, group, chunks * c, head_dim + 1)[:, :, :, :q_len]
+        q_chunks = q_chunks.transpose(2, 3).reshape(batch * kv_heads, chunks, group * c, head_dim)
+        out = _CausalChunks.apply(
+            q_chunks, k_chunks, v_chunks, s0.flatten(0, 1), z0.flatten(0, 1), self.chunk_causal
+        )  # (B*Hkv, nc, G*c, d)
+        out = out.view(batch, kv_heads, chunks, group, c, head_dim).transpose(2, 3)
+        return out.reshape(batch, heads, chunks * c, head_dim)[:, :, :q_len]
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return linear_dense(q, k, v, self.problem.allowed_mask())
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RecurrentState:
+        """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, d, d+1) of the context: fixed in L."""
+        phi_k, v = elu_feature_map(k.to(self.compute_dtype)), v.to(self.compute_dtype)
+        return RecurrentState(phi_k.transpose(-1, -2) @ torch.cat([v, v.new_ones(*v.shape[:3], 1)], -1), k.shape[2])
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
+        """The paper's recurrent form: out_t = phi(q_t)^T (S + new keys s <= t) / the same with [.., 1]; S updated."""
+        compute, steps, head_dim = self.compute_dtype, q.shape[2], q.shape[3]
+        phi_q = grouped_queries(elu_feature_map(q.to(compute)), k.shape[1])  # (B, Hkv, G*T, d)
+        phi_k, v = elu_feature_map(k.to(compute)), v.to(compute)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)  # (B, Hkv, T, d+1)
+        within = (phi_q @ phi_k.transpose(-1, -2)).mul_(
+            new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
+        )
+        out = (phi_q @ state.sums).add_(within @ v_ones)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        sums = state.sums + phi_k.transpose(-1, -2) @ v_ones
+        return out.reshape(q.shape).to(q.dtype), RecurrentState(sums, state.position + steps)
 
 
 def _flops(problem: Problem, hparams: dict) -> float:
@@ -118,7 +183,8 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*d*(d+c)",
     memory="N*(d+c)",
     flops=_flops,
-    check_hparams={"causal_chunk": 16},
+    oracle_hparams={"causal_chunk": 16},
+    decode=True,
 )
 def linear_attention(problem: Problem, *, causal_chunk: Annotated[int, AtLeast(1)] = 64) -> Attention:
     """Linear attention (Katharopoulos): phi = elu + 1, phi(Q)(phi(K)^T V) with its normaliser, in O(N*d^2)."""

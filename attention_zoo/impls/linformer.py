@@ -77,7 +77,8 @@ class LinformerAttention(Attention):
         return dense_attention(q, k_proj, v_proj)
 
 
-def _flops(problem: Problem, hparams: dict) -> float:
+def linformer_flops(problem: Problem, hparams: dict) -> float:
+    """Projecting K and V to proj_len rows, then attention over those rows (2 FLOPs per multiply-add)."""
     proj_len = hparams["proj_len"]
     projections = 2 * 2 * proj_len * problem.kv_len * problem.head_dim * problem.kv_heads
     attention = 4 * problem.q_heads * problem.q_len * proj_len * problem.head_dim
@@ -90,9 +91,10 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*k",
     memory="N*k",
     features=("padding", "gqa", "cross"),
-    flops=_flops,
+    flops=linformer_flops,
     availability=_availability,
-    check_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
+    oracle_hparams={"proj_len": 8, "per_head": True, "max_len": 96},
+    decode="every projected key row E K mixes in every position, future ones too: no causal form, so no decode step",
 )
 def linformer(
     problem: Problem,

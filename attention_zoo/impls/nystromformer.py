@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention, expand_kv_heads
 from attention_zoo.registry import register
@@ -107,8 +108,7 @@ class NystromAttention(Attention):
         self.register_buffer("key_keep", None if valid is None else valid[:, None, :, None].to(self.compute_dtype))
         bias = None
         if valid is not None:
-            bias = torch.zeros(valid.shape, dtype=self.compute_dtype, device=problem.device)
-            bias = bias.masked_fill_(~valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, Nk)
+            bias = additive_bias(valid, self.compute_dtype)[:, None, None, :]  # (B, 1, 1, Nk)
         self.register_buffer("key_bias", bias)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -167,8 +167,9 @@ def computed_flops(problem: Problem, hparams: dict) -> float:
     features=("padding", "gqa", "cross"),
     flops=computed_flops,
     availability=_availability,
-    check_hparams={"num_landmarks": 5},
+    oracle_hparams={"num_landmarks": 5},
     suite_hparams={"num_landmarks": 32},
+    decode="landmarks are segment means over the whole sequence: not causal, so no decode step",
 )
 def nystromformer(
     problem: Problem, *, num_landmarks: Annotated[int, AtLeast(1)] = 64, pinv_iterations: Annotated[int, AtLeast(0)] = 6

@@ -39,6 +39,7 @@ from typing import Annotated
 
 import torch
 
+from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
@@ -90,15 +91,16 @@ class PerformerAttention(Attention):
         features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
-    def _key_exponents(self, k: torch.Tensor, start: int, w: torch.Tensor) -> torch.Tensor:
-        """b_i = w_i^T x_k - |x_k|^2/2 (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from `start`; -inf for padding."""
+    def _key_exponents(self, k: torch.Tensor, start: int | None, w: torch.Tensor) -> torch.Tensor:
+        """b_i = w_i^T x_k - |x_k|^2/2 (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from position `start`, -inf
+        for padding (start None: keys of a decode step, unpadded), before any stabiliser; w (d, m) scaled."""
         quarter = k.shape[-1] ** -0.25
         exponent = torch.baddbmm(
             k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-quarter * quarter / 2),
             k.flatten(0, 1),
             w.expand(k.shape[0] * k.shape[1], -1, -1),
         ).view(*k.shape[:3], -1)
-        if self.key_bias is not None:
+        if self.key_bias is not None and start is not None:
             exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
         return exponent
 
@@ -176,6 +178,34 @@ class PerformerAttention(Attention):
             state = state + phi_k.transpose(-1, -2) @ v_chunk
         return torch.cat(chunks, dim=3)
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RecurrentState:
+        """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, m, d+1) of the context, features
+        stabilised by their max exponent c over it (kept beside S): fixed in L. Features are never redrawn here."""
+        k, v = k.to(self.compute_dtype), v.to(self.compute_dtype)
+        exponents = self._key_exponents(k, None, self.features.T * k.shape[-1] ** -0.25)
+        stabiliser = exponents.amax(-2, keepdim=True)  # (B, Hkv, 1, m)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
+        return RecurrentState(exponents.sub_(stabiliser).exp_().transpose(-1, -2) @ v_ones, k.shape[2], stabiliser)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
+        """FAVOR+'s recurrent form: the new keys' features join S (rescaled where they raise a feature's max
+        exponent, as an online softmax rescales), each new query reads S plus the new keys up to its own."""
+        compute, steps, head_dim, out_dtype = self.compute_dtype, q.shape[2], q.shape[3], q.dtype
+        q, k, v = q.to(compute), k.to(compute), v.to(compute)
+        w = self.features.T * head_dim**-0.25
+        exponents = self._key_exponents(k, None, w)  # (B, Hkv, T, m)
+        stabiliser = torch.maximum(state.stabiliser, exponents.amax(-2, keepdim=True))
+        sums = state.sums * (state.stabiliser - stabiliser).exp_().transpose(-1, -2)  # (B, Hkv, m, d+1)
+        phi_k = exponents.sub_(stabiliser).exp_()
+        q_exponent = grouped_queries(q @ w, k.shape[1]).add_(stabiliser)
+        phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp_()  # (B, Hkv, G*T, m)
+        v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
+        mask = new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
+        out = (phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones)
+        out = out[..., :head_dim] / out[..., head_dim:]
+        sums = sums + phi_k.transpose(-1, -2) @ v_ones
+        return out.reshape(q.shape).to(out_dtype), RecurrentState(sums, state.position + steps, stabiliser)
+
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A = phi(Q) phi(K)^T in float64, unstabilised, masked; out = A V / A 1 with the last call's features.
 
@@ -210,7 +240,8 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*m*d",
     memory="N*m",
     flops=_flops,
-    check_hparams={"num_features": 32, "causal_chunk": 7, "chunk": 9},
+    oracle_hparams={"num_features": 32, "causal_chunk": 7, "chunk": 9},
+    decode=True,
 )
 def performer(
     problem: Problem,

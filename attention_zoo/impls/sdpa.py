@@ -8,15 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attention_zoo.decode import KVCache
+from attention_zoo.errors import first_line
 from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 class PinnedSDPA(Attention):
@@ -44,13 +41,30 @@ class PinnedSDPA(Attention):
                 q, k, v, attn_mask=self.attn_mask, is_causal=self.is_causal, enable_gqa=self.enable_gqa
             )
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """The KV cache: the context's keys and values, with room for the problem's T new tokens."""
+        return KVCache.from_context(k, v, self.problem.q_len)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
+        """The pinned backend on the T new queries against the cache (bottom-right causal among the new tokens)."""
+        cache = cache.append(k, v)
+        keys, steps = cache.keys, q.shape[2]
+        mask = None
+        if steps > 1:
+            from torch.nn.attention.bias import causal_lower_right  # see __init__: imports triton
+
+            mask = causal_lower_right(steps, keys.shape[2])
+        with sdpa_kernel([self.backend]):
+            out = F.scaled_dot_product_attention(q, keys, cache.values, attn_mask=mask, enable_gqa=self.enable_gqa)
+        return out, cache
+
 
 @functools.cache
 def _probe(backend: SDPBackend, probe: Problem) -> str | None:
     try:
         PinnedSDPA(probe, backend)(*probe.make_inputs())
     except RuntimeError as error:
-        return f"SDPA's {backend.name} backend cannot run this problem: {_first_line(error)}"
+        return f"SDPA's {backend.name} backend cannot run this problem: {first_line(error) or type(error).__name__}"
     return None
 
 
@@ -82,42 +96,34 @@ def _backend_availability(backend: SDPBackend):
     return availability
 
 
+PINNED = {"exact": True, "time": "N^2", "decode": True}  # every backend: exact, quadratic time, a decode step
+
+
 @register(
     family="full",
-    exact=True,
-    time="N^2",
     memory="N^2",
     flops_executed=rectangle_flops,
     availability=_backend_availability(SDPBackend.MATH),
+    **PINNED,
 )
 def sdpa_math(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its math backend (unfused, materialises the scores)."""
     return PinnedSDPA(problem, SDPBackend.MATH)
 
 
-@register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION)
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.FLASH_ATTENTION), **PINNED)
 def sdpa_flash(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its FlashAttention backend (on CPU, torch's fused flash kernel)."""
     return PinnedSDPA(problem, SDPBackend.FLASH_ATTENTION)
 
 
-@register(
-    family="flash",
-    exact=True,
-    time="N^2",
-    memory="N",
-    availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION),
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.EFFICIENT_ATTENTION), **PINNED)
 def sdpa_efficient(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its memory-efficient (xformers-derived, CUDA) backend."""
     return PinnedSDPA(problem, SDPBackend.EFFICIENT_ATTENTION)
 
 
-@register(
-    family="flash", exact=True, time="N^2", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION)
-)
+@register(family="flash", memory="N", availability=_backend_availability(SDPBackend.CUDNN_ATTENTION), **PINNED)
 def sdpa_cudnn(problem: Problem) -> Attention:
     """PyTorch SDPA pinned to its cuDNN (CUDA) backend."""
     return PinnedSDPA(problem, SDPBackend.CUDNN_ATTENTION)

@@ -30,8 +30,10 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import RingCache, grouped_queries
 from attention_zoo.impls.band_kernel import DEFAULT_BLOCK, DEFAULT_CHUNK, BandChunks, BandFunction
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
@@ -149,10 +151,6 @@ class BandLayout:
         return total if banded.shape[0] == self.problem.batch else total * self.problem.batch
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
 def _stacked(bias: torch.Tensor, group: int) -> torch.Tensor:
     """(B', n, b, X) -> (B', n, G*b, X): one block's rows repeated for each query head of a K/V group."""
     batches, blocks, block, width = bias.shape
@@ -182,15 +180,15 @@ class SlidingWindowAttention(Attention):
             # a row with no key would softmax to NaN (and poison gradients): give it finite scores, zero its output
             dead = ~live[:, blocks.start : blocks.stop, :, None]
             edge_bias[start] = (
-                _stacked(_additive(slab | dead, dtype), group),
-                _stacked(_additive(global_keys | dead, dtype), group) if layout.global_tokens else None,
+                _stacked(additive_bias(slab | dead, dtype), group),
+                _stacked(additive_bias(global_keys | dead, dtype), group) if layout.global_tokens else None,
             )
-        self.chunks = BandChunks(layout.blocks, chunk, _additive(layout.band(), dtype).repeat(group, 1), edge_bias)
+        self.chunks = BandChunks(layout.blocks, chunk, additive_bias(layout.band(), dtype).repeat(group, 1), edge_bias)
         dead_queries = ~live.flatten(1)[:, : problem.q_len]
         dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
         self.row_keep = live[:, None, :, None, :, None].to(dtype) if dead_queries.any() else None
         _, _, global_rows = layout.masks(blocks=range(0))
-        self.global_row_bias = _additive(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
+        self.global_row_bias = additive_bias(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         layout = self.layout
@@ -233,6 +231,26 @@ class SlidingWindowAttention(Attention):
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
 
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RingCache:
+        """The window's ring: the last window + T positions (T new tokens overwrite the oldest), and the globals."""
+        return RingCache.from_context(k, v, self.window + self.problem.q_len, self.global_tokens)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring: RingCache):
+        """New query at position p against the ring's keys p - window .. p and the global keys j <= p."""
+        ring = ring.append(k, v)
+        compute, steps, g = self.problem.compute_dtype, q.shape[2], ring.k_global.shape[2]
+        position = torch.arange(ring.position - steps, ring.position, device=q.device)[:, None]  # (T, 1)
+        held = ring.slot_positions()
+        in_band = (held >= position - self.window) & (held <= position) & (held >= g)  # ring keys below g: globals
+        allowed = torch.cat([in_band, torch.arange(g, device=q.device) <= position], dim=-1)  # (T, capacity + g)
+        q_rows = grouped_queries(q.to(compute) * self.scale, k.shape[1])  # (B, Hkv, G*T, D)
+        scores = torch.cat([q_rows @ x.to(compute).transpose(-1, -2) for x in (ring.k_ring, ring.k_global)], -1)
+        scores = scores.view(*k.shape[:2], -1, steps, scores.shape[-1]).masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).flatten(2, 3)
+        capacity = ring.k_ring.shape[2]
+        out = probs[..., :capacity] @ ring.v_ring.to(compute) + probs[..., capacity:] @ ring.v_global.to(compute)
+        return out.view(q.shape).to(q.dtype), ring
+
 
 def _layout(problem: Problem, hparams: Mapping[str, Any]) -> BandLayout:
     """The layout an entry's hyperparameters give (flex's have no block: its pair count does not depend on one)."""
@@ -256,12 +274,12 @@ def default_block(window: int) -> int:
     return max(1, min(DEFAULT_BLOCK, window))
 
 
-BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops}
+BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops, "decode": True}
 Block = Annotated[int | None, AtLeast(1)]  # query rows per block; None: default_block(window)
 Chunk = Annotated[int, AtLeast(1)]  # blocks whose scores exist at once
 
 
-@register(time="N*w", memory="N", check_hparams={"window": 5, "block": 4, "chunk": 3}, **BANDED)
+@register(time="N*w", memory="N", oracle_hparams={"window": 5, "block": 4, "chunk": 3}, **BANDED)
 def sliding_window(
     problem: Problem, *, window: Window = 256, block: Block = None, chunk: Chunk = DEFAULT_CHUNK
 ) -> Attention:
@@ -269,7 +287,9 @@ def sliding_window(
     return SlidingWindowAttention(problem, window, 0, block or default_block(window), chunk)
 
 
-@register(time="N*(w+g)", memory="N", check_hparams={"window": 5, "global_tokens": 3, "block": 4, "chunk": 3}, **BANDED)
+@register(
+    time="N*(w+g)", memory="N", oracle_hparams={"window": 5, "global_tokens": 3, "block": 4, "chunk": 3}, **BANDED
+)
 def window_global(
     problem: Problem,
     *,

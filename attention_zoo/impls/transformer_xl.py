@@ -19,13 +19,16 @@ Time O(N*(L+M)*d); one segment's L x (L+M) scores live at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.decode import KVCache
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
@@ -65,6 +68,11 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
+def _decode_availability(problem: Problem) -> str | None:
+    """A decode step is the recurrence itself: any context length, any T."""
+    return None
+
+
 class TransformerXLAttention(Attention):
     """Segment-by-segment causal attention over [detached memory of M positions; current segment]."""
 
@@ -76,9 +84,7 @@ class TransformerXLAttention(Attention):
         mask = problem.key_padding_mask()  # (B, N) or None
         self.register_buffer(
             "key_padding_bias",
-            None
-            if mask is None
-            else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))[:, None, None],
+            None if mask is None else additive_bias(mask, dtype)[:, None, None],
         )
         if relative:
             generator = torch.Generator().manual_seed(seed)
@@ -105,9 +111,7 @@ class TransformerXLAttention(Attention):
                 allowed = segment_memory_allowed(
                     q_pos, torch.arange(mem_start, stop, device=device), segment_len, mem_len
                 )
-                self.causal_bias[shape] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                    ~allowed, float("-inf")
-                )
+                self.causal_bias[shape] = additive_bias(allowed, dtype)
             if problem.kv_valid_lens is not None and mem_start >= min(problem.kv_valid_lens):
                 keyless = torch.tensor([n <= mem_start for n in problem.kv_valid_lens], device=device)
                 self.keyless[start] = keyless[:, None, None, None]
@@ -148,6 +152,37 @@ class TransformerXLAttention(Attention):
             )
             outputs.append(out if keyless is None else out.masked_fill(keyless, 0.0))
         return torch.cat(outputs, dim=2).to(out_dtype)
+
+    def _memory_start(self, position: int) -> int:
+        """The first position a query at `position` sees: M before the start of its segment."""
+        return max(0, position // self.segment_len * self.segment_len - self.mem_len)
+
+    def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """The memory and the current segment so far: positions from M before the next position's segment on."""
+        begin, context = self._memory_start(k.shape[2]), k.shape[2]
+        cache = KVCache.from_context(k[:, :, begin:], v[:, :, begin:], self.segment_len + self.problem.q_len)
+        return dataclasses.replace(cache, position=context, begin=begin)
+
+    def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
+        """New queries against [memory; segment so far; their own keys] under the segment-plus-memory mask, the
+        relative terms gathered by distance; at a segment boundary the memory becomes the last M positions."""
+        cache = cache.append(k, v)
+        compute, steps, out_dtype = self.problem.compute_dtype, q.shape[2], q.dtype
+        q, keys, values = q.to(compute), cache.keys.to(compute), cache.values.to(compute)
+        q_pos = torch.arange(cache.position - steps, cache.position, device=q.device)
+        k_pos = torch.arange(cache.begin, cache.position, device=q.device)
+        allowed = segment_memory_allowed(q_pos, k_pos, self.segment_len, self.mem_len)  # (T, K)
+        bias = torch.zeros(allowed.shape, dtype=compute, device=q.device).masked_fill_(~allowed, float("-inf"))
+        if self.relative:
+            span = self.position_keys.shape[1]  # column c holds distance span - 1 - c
+            by_distance = ((q + self.position_bias) * self.scale) @ self.position_keys.transpose(-1, -2)
+            distance = (q_pos[:, None] - k_pos[None, :]).clamp(0, span - 1)  # clamped pairs are masked
+            bias = torch.gather(by_distance, -1, (span - 1 - distance).expand(*q.shape[:2], -1, -1)) + bias
+            q = q + self.content_bias
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=bias, scale=self.scale, enable_gqa=keys.shape[1] != q.shape[1]
+        )
+        return out.to(out_dtype), cache.keep_from(self._memory_start(cache.position))
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Float64 dense scores with R_{i-j} gathered per pair and memory keys/values detached."""
@@ -206,7 +241,9 @@ def _executed_flops(problem: Problem, hparams: dict) -> float:
     flops=_flops,
     flops_executed=_executed_flops,
     availability=_availability,
-    check_hparams={"segment_len": 16, "mem_len": 12},
+    oracle_hparams={"segment_len": 16, "mem_len": 12},
+    decode=True,
+    decode_availability=_decode_availability,
 )
 def transformer_xl(
     problem: Problem,

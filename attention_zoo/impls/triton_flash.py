@@ -190,7 +190,8 @@ LaunchSetting = Annotated[int, AtLeast(0)]  # 0: automatic
     devices=("cpu", "cuda"),
     dtypes=("float16", "bfloat16", "float32"),
     availability=_availability,
-    check_hparams={"block_m": 16, "block_n": 16},
+    oracle_hparams={"block_m": 16, "block_n": 16},
+    decode="a prefill kernel (block_m query rows per program): a T-row step would fill one tile row; no decode kernel",
 )
 def triton_flash(
     problem: Problem,

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from attention_zoo.interface import Attention
+from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
 
@@ -56,7 +57,7 @@ def _padding_bias(problem: Problem) -> torch.Tensor:
     allowed = problem.allowed_mask().expand(problem.batch, problem.q_heads, problem.q_len, problem.kv_len)
     aligned_len = -(-problem.kv_len // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
     storage = torch.zeros((*allowed.shape[:-1], aligned_len), dtype=problem.torch_dtype, device=problem.device)
-    return storage[..., : problem.kv_len].masked_fill_(~allowed, float("-inf"))
+    return additive_bias(allowed, problem.torch_dtype, out=storage[..., : problem.kv_len])
 
 
 class XformersAttention(Attention):
@@ -149,6 +150,7 @@ def _backward_availability(problem: Problem) -> str | None:
     memory="N",
     availability=_availability,
     backward_availability=_backward_availability,
+    decode="xformers' split-K decoding operators are not wrapped here; its prefill operators would run a decode step",
 )
 def xformers(problem: Problem) -> Attention:
     """xformers.ops.memory_efficient_attention (CUDA kernels; none on CPU)."""

@@ -9,6 +9,7 @@ import torch
 from attention_zoo.impls import bigbird
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     NonNegative,
     Positive,
     all_keys_valid,
@@ -52,6 +53,7 @@ class PeerHFBigBird(Attention):
             max_position_embeddings=max(4096, problem.q_len),
         )
         self.layer = big_bird.BigBirdBlockSparseAttention(config, seed=seed).train()  # train: real random blocks
+        self.layer.requires_grad_(False)  # its own (unused) projections: gradients reach q, k, v only
         self.block_size, self.num_random_blocks, self.seed = block_size, num_random_blocks, seed
         ones = torch.ones(problem.batch, problem.q_len, device=problem.device, dtype=problem.torch_dtype)
         blocked, band, from_mask, to_mask = big_bird.BigBirdModel.create_masks_for_block_sparse_attn(ones, block_size)
@@ -100,6 +102,7 @@ def _hf_bigbird_availability(problem: Problem, hparams: dict) -> str | None:
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="N*b*(w+g+r)",
@@ -109,7 +112,7 @@ def _hf_bigbird_availability(problem: Problem, hparams: dict) -> str | None:
         problem, {**hparams, "num_window_blocks": 3, "num_global_blocks": 2}
     ),
     availability=_hf_bigbird_availability,
-    check_hparams={"block_size": 7, "num_random_blocks": 1},
+    oracle_hparams={"block_size": 7, "num_random_blocks": 1},
 )
 def peer_hf_bigbird(
     problem: Problem, *, block_size: Positive = 64, num_random_blocks: NonNegative = 3, seed: int = 0

@@ -22,6 +22,8 @@ from attention_zoo.problem import Problem
 from attention_zoo.rules import AtLeast
 
 PEERS_EXTRA = "pip install 'attention-zoo[peers]'"
+# every peer is wrapped as one forward call of its package
+PEER_DECODE = "a package's attention call wrapped as one forward: its own cache or state API, if any, is not wrapped"
 
 
 def missing_reason(module: str, package: str) -> str | None:

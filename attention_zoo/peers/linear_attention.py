@@ -10,6 +10,7 @@ import torch
 from attention_zoo.impls.linear_attention import elu_feature_map, linear_dense
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     missing_reason,
 )
 from attention_zoo.problem import Problem
@@ -62,6 +63,7 @@ def _fla_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="kernel",
     exact=False,
     time="N*d*(d+c)",

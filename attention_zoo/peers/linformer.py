@@ -7,8 +7,10 @@ from typing import Annotated
 
 import torch
 
+from attention_zoo.impls.linformer import linformer_flops
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     missing_reason,
 )
@@ -72,22 +74,16 @@ def _linformer_availability(problem: Problem) -> str | None:
     return missing_reason("linformer", "linformer")
 
 
-def _linformer_flops(problem: Problem, hparams: dict) -> float:
-    proj_len = hparams["proj_len"]
-    sequence_projection = 2 * 2.0 * problem.kv_heads * problem.kv_len * proj_len * problem.head_dim
-    attention = 4.0 * problem.q_heads * problem.q_len * proj_len * problem.head_dim
-    return problem.batch * (sequence_projection + attention)
-
-
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*k",
     memory="N*k",
     features=("cross", "gqa"),
-    flops=_linformer_flops,
+    flops=linformer_flops,
     availability=_linformer_availability,
-    check_hparams={"proj_len": 8},
+    oracle_hparams={"proj_len": 8},
 )
 def peer_linformer(
     problem: Problem, *, proj_len: Annotated[int, AtLeast(1)] = 256, share_kv: bool = False, seed: int = 0

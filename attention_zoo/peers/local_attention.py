@@ -10,6 +10,7 @@ import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     missing_reason,
 )
 from attention_zoo.problem import Problem
@@ -92,6 +93,7 @@ def _local_attention_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="N*w",
@@ -99,7 +101,7 @@ def _local_attention_flops(problem: Problem, hparams: dict) -> float:
     features=("causal", "padding"),
     flops=_local_attention_flops,
     availability=lambda problem: missing_reason("local_attention", "local-attention"),
-    check_hparams={"window": 8},
+    oracle_hparams={"window": 8},
 )
 def peer_local_attention(
     problem: Problem, *, window: Annotated[int, AtLeast(1)] = 256, exact_windowsize: bool = True

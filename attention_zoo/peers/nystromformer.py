@@ -9,6 +9,7 @@ import torch
 from attention_zoo.impls import nystromformer
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     NonNegative,
     Positive,
@@ -55,7 +56,7 @@ class PeerHFNystromformer(Attention):
             Columns(width, 2 * width),
             Columns(2 * width, 3 * width),
         )
-        self.layer = layer
+        self.layer = layer.requires_grad_(False)  # its own parameters, if any, fixed: gradients reach q, k, v only
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return split_heads(self.layer(tokens(q, k, v))[0], q.shape[1])
@@ -91,6 +92,7 @@ def _nystrom_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*m*d",
@@ -98,7 +100,7 @@ def _nystrom_flops(problem: Problem, hparams: dict) -> float:
     features=(),
     flops=_nystrom_flops,
     availability=_landmark_availability("transformers", "transformers"),
-    check_hparams={"num_landmarks": 7},
+    oracle_hparams={"num_landmarks": 7},
 )
 def peer_hf_nystromformer(problem: Problem, *, num_landmarks: Positive = 64) -> Attention:
     """HF transformers' Nystromformer self-attention core (no conv; per-head pinv initialisation as ours)."""
@@ -131,7 +133,7 @@ class PeerNystromAttention(Attention):
             dropout=0.0,
         )
         layer.to_qkv, layer.to_out = torch.nn.Identity(), torch.nn.Identity()
-        self.layer = layer.eval()
+        self.layer = layer.eval().requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return split_heads(self.layer(tokens(q, k, v)), q.shape[1])
@@ -141,6 +143,7 @@ class PeerNystromAttention(Attention):
 
 
 @register(
+    decode=PEER_DECODE,
     family="low_rank",
     exact=False,
     time="N*m*d",
@@ -148,7 +151,7 @@ class PeerNystromAttention(Attention):
     features=(),
     flops=nystromformer.computed_flops,
     availability=_landmark_availability("nystrom-attention", "nystrom_attention"),
-    check_hparams={"num_landmarks": 7},
+    oracle_hparams={"num_landmarks": 7},
 )
 def peer_nystrom_attention(
     problem: Problem, *, num_landmarks: Positive = 64, pinv_iterations: NonNegative = 6

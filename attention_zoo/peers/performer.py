@@ -11,6 +11,7 @@ import torch
 
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     missing_reason,
 )
 from attention_zoo.problem import Problem
@@ -88,6 +89,7 @@ def _performer_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="kernel",
     exact=False,
     time="N*m*d",
@@ -96,7 +98,7 @@ def _performer_flops(problem: Problem, hparams: dict) -> float:
     features=("causal", "cross"),
     flops=_performer_flops,
     availability=_performer_availability,
-    check_hparams={"num_features": 16},
+    oracle_hparams={"num_features": 16},
 )
 def peer_performer(
     problem: Problem, *, num_features: Annotated[int, AtLeast(1)] = 256, redraw: bool = False, seed: int = 0

@@ -10,6 +10,7 @@ import torch
 from attention_zoo.impls import reformer
 from attention_zoo.interface import Attention
 from attention_zoo.peers.common import (
+    PEER_DECODE,
     Columns,
     Positive,
     all_keys_valid,
@@ -67,7 +68,7 @@ class PeerHFReformer(Attention):
         module = importlib.import_module("transformers.models.reformer.modeling_reformer")
         layer = module.LSHSelfAttention(config, layer_idx=0).eval()
         layer.query_key, layer.value = Columns(0, width), Columns(width, 2 * width)
-        self.layer = layer
+        self.layer = layer.requires_grad_(False)  # its own parameters, if any, fixed: gradients reach q, k, v only
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = self.layer(tokens(q, v)).hidden_states
@@ -96,6 +97,7 @@ def _lsh_availability(package: str, module: str, multiple: int):
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="n_h*N*(c*d+log(N))",
@@ -103,7 +105,7 @@ def _lsh_availability(package: str, module: str, multiple: int):
     features=("causal",),
     flops=reformer.computed_flops,
     availability=_lsh_availability("transformers", "transformers", 1),
-    check_hparams={"bucket_size": 7, "n_hashes": 2},
+    oracle_hparams={"bucket_size": 7, "n_hashes": 2},
 )
 def peer_hf_reformer(
     problem: Problem, *, n_hashes: Positive = 2, bucket_size: Positive = 64, seed: int = 0
@@ -130,7 +132,7 @@ class PeerReformerPytorch(Attention):
         layer = importlib.import_module("reformer_pytorch.reformer_pytorch").LSHAttention(
             bucket_size=bucket_size, n_hashes=n_hashes, causal=problem.causal, dropout=0.0
         )
-        self.layer = layer.eval()
+        self.layer = layer.eval().requires_grad_(False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, heads, n, head_dim = q.shape
@@ -156,6 +158,7 @@ def _reformer_pytorch_flops(problem: Problem, hparams: dict) -> float:
 
 
 @register(
+    decode=PEER_DECODE,
     family="sparse",
     exact=False,
     time="N^2*d/c",  # one hash of N/c buckets: the rotation costs N*(N/c)*d, beside N*c*d of attention
@@ -163,7 +166,7 @@ def _reformer_pytorch_flops(problem: Problem, hparams: dict) -> float:
     features=("causal",),
     flops=_reformer_pytorch_flops,
     availability=_lsh_availability("reformer-pytorch", "reformer_pytorch", 2),
-    check_hparams={"bucket_size": 5, "n_hashes": 2},
+    oracle_hparams={"bucket_size": 5, "n_hashes": 2},
 )
 def peer_reformer_pytorch(
     problem: Problem, *, n_hashes: Positive = 2, bucket_size: Positive = 64, seed: int = 0

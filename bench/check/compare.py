@@ -31,7 +31,8 @@ from bench.fit import asymptotic_fit, declared_slope
 TIME_TOLERANCE = 0.10
 MEMORY_TOLERANCE = 0.10
 MEMORY_SLACK_BYTES = 256 * 1024
-EXPONENT_TOLERANCE = 0.35
+# a fitted exponent this far above the declared one (or the first side's) is a regression; the report's is fit.py's
+GATE_EXPONENT_TOLERANCE = 0.35
 ALPHA = 0.01
 CHECK_COLUMNS = ["impl", "mode", "check", "baseline", "now", "change", "p", "by_n", "regressed"]
 
@@ -40,7 +41,7 @@ CHECK_COLUMNS = ["impl", "mode", "check", "baseline", "now", "change", "p", "by_
 class Tolerances:
     time: float = TIME_TOLERANCE
     memory: float = MEMORY_TOLERANCE
-    exponent: float = EXPONENT_TOLERANCE
+    exponent: float = GATE_EXPONENT_TOLERANCE
     alpha: float = ALPHA
 
 
@@ -242,3 +243,9 @@ def largest_changes(table: pd.DataFrame) -> str:
             change = f"{row['change']:+.2f}" if check.endswith("exponent") else f"{100 * row['change']:+.1f}%"
             parts.append(f"{check} {change} ({row['impl']} {row['mode']})")
     return ", ".join(parts)
+
+
+def flagged_pairs(*tables: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (entry, mode) pairs any of the tables flags."""
+    flagged = pd.concat([table.loc[table["regressed"].astype(bool), ["impl", "mode"]] for table in tables])
+    return set(flagged.itertuples(index=False, name=None))

@@ -156,6 +156,12 @@ def run_suite(
     return subprocess.run(command, cwd=REPO, env=env).returncode
 
 
+def node_ids(cells: pd.DataFrame, pairs: set[tuple[str, str]]) -> list[str]:
+    """The suite's test ids of the cells of these (entry, mode) pairs."""
+    chosen = [(impl, mode) in pairs for impl, mode in zip(cells["impl"], cells["mode"], strict=True)]
+    return cells.loc[chosen, "nodeid"].tolist()
+
+
 # What makes two suite runs' figures comparable: the same CPU (the brand string alone reads only "AMD EPYC"
 # or "Intel(R) Xeon(R) Processor" on cloud VMs, so its vendor, family, model, stepping and flags too), the
 # same GPU (none on a CPU host), the same torch and thread count.

@@ -31,7 +31,7 @@ from bench.core.cell import Cell
 from bench.core.memory import measure_peak
 
 SEQ_LENS = (256, 512, 1024, 2048)
-MODES = ("fwd", "bwd")
+SUITE_MODES = ("fwd", "bwd")
 HEADS, HEAD_DIM = 4, 64
 # by hyperparameter name, for every entry that has it: windows, ranks and segments well below the N swept
 HPARAMS = {
@@ -102,7 +102,7 @@ def _problem(impl: str, seq_len: int) -> Problem:
 
 
 def suite_cells() -> list[Cell]:
-    """Every registered entry x SEQ_LENS x MODES, whether or not it can run here (the test skips with the reason).
+    """Every registered entry x SEQ_LENS x SUITE_MODES, whether or not it can run here (the test skips with the reason).
 
     Ordered N first, entries innermost: an entry's four N are measured minutes apart, so a burst of
     load on the machine lands on one of them, not on all (the check compares the median over N).
@@ -110,7 +110,7 @@ def suite_cells() -> list[Cell]:
     return [
         Cell(impl=impl, problem=_problem(impl, n), mode=mode, hparams=suite_hparams(impl), padding=0.0)
         for n in SEQ_LENS
-        for mode in MODES
+        for mode in SUITE_MODES
         for impl in attention_zoo.list_impls()
     ]
 

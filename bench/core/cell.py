@@ -11,9 +11,7 @@ from typing import Any
 
 import attention_zoo
 from attention_zoo import Problem
-
-# the registry's passes each benchmark mode runs
-MODE_PASSES = {"fwd": ("forward",), "bwd": ("forward", "backward"), "fwd_bwd": ("forward", "backward")}
+from bench.core.modes import MODES
 
 
 @dataclass(frozen=True)
@@ -25,18 +23,28 @@ class Cell:
     mode: str
     hparams: Mapping[str, Any]
     padding: float  # the sweep's padding fraction that produced problem.kv_valid_lens
+    lengths: str = ""  # the sweep's length distribution that drew problem.kv_valid_lens ("": none)
+
+    @property
+    def seq_len(self) -> int:
+        """The length the sweep's seq_lens named: N, or in decode mode the context length L (kv_len - T)."""
+        return self.problem.kv_len - self.problem.q_len if self.mode == "decode" else self.problem.q_len
 
     @property
     def cell_id(self) -> str:
         """A stable hash of what is measured, used to resume runs and merge results."""
         spec = {"impl": self.impl, "mode": self.mode, "hparams": dict(self.hparams), **dataclasses.asdict(self.problem)}
+        if self.lengths:  # (kept out otherwise: the ids of runs from before the field existed stay valid)
+            spec["lengths"] = self.lengths
         return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def unsupported_reason(cell: Cell) -> str | None:
     """Why the cell cannot run here (the entry's reason, the registry's device rule included), or None."""
     entry = attention_zoo.get(cell.impl)
-    for registry_mode in MODE_PASSES[cell.mode]:
+    if cell.mode == "decode":
+        return entry.decode_reason(cell.problem, cell.hparams)
+    for registry_mode in MODES[cell.mode].passes:
         reason = entry.unsupported_reason(cell.problem, registry_mode, cell.hparams)
         if reason:
             return reason

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 from bench import fit
+from bench.report.measurements import marks
+from bench.rows import FAILED_STATUSES
 
-HEADLINE_N = 4096  # a size people ask about by name; quoted when measured
+ERROR_BUDGET = 0.1  # rel. L2 error against full attention an approximate entry may have to count as "within budget"
 # our efficient entries and what each races in the efficiency table: the public packages and compiled
 # kernels computing the same thing, and the exact baseline (causal sdpa_flash in a causal panel)
 RIVALS = {
@@ -24,12 +26,19 @@ RIVALS = {
     "performer": ("peer_performer",),
     "transformer_xl": ("sdpa_flash",),
 }
-FAILED_STATUSES = ("oom", "timeout", "skipped", "error")
 
 
 def _g(value: float, spec: str = ".3g") -> str:
     """A number for a table cell; missing numbers stay blank rather than printing 'nan'."""
     return "" if pd.isna(value) else format(value, spec)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g} ms"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.3g} MiB"
 
 
 def _n(value: float) -> str:
@@ -81,15 +90,39 @@ def efficiency_table(rows: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     return table
 
 
+def _common_n(rows: pd.DataFrame, baseline: str, keys: Sequence[str]) -> pd.DataFrame:
+    """Per (keys) series: how many N both it and the baseline measured (ok), as time_points."""
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    base = ok[ok["impl"] == baseline][[*keys[:-1], "seq_len"]].drop_duplicates()
+    both = ok[[*keys, "impl", "seq_len"]].drop_duplicates().merge(base, on=[*keys[:-1], "seq_len"])
+    return both.groupby([*keys, "impl"], dropna=False)["seq_len"].nunique().rename("time_points").reset_index()
+
+
 def crossover_frame(rows: pd.DataFrame, baseline: str, axes: Sequence[str]) -> pd.DataFrame:
-    """fit.crossovers in time (time_*) and in memory (memory_*) for every series but the baseline and full."""
+    """fit.crossovers in time (time_*) and in memory (memory_*) for every series but the baseline and full,
+    with the impl and the number of N both measured (time_points)."""
     exclude = rows.loc[rows["impl"].isin((baseline, "full")), "series"].unique()
     keys = [*axes, "panel", "series"]
     frames = []
     for prefix, value in (("time_", "time_ms_median"), ("memory_", "peak_bytes")):
         frame = fit.crossovers(rows, baseline, "series", [*axes, "panel"], value, exclude)
         frames.append(frame.rename(columns={c: prefix + c for c in frame.columns if c not in keys}))
-    return frames[0].merge(frames[1], on=keys, how="outer")
+    merged = frames[0].merge(frames[1], on=keys, how="outer")
+    return merged.merge(_common_n(rows, baseline, keys), on=keys, how="left").fillna({"time_points": 0})
+
+
+def judged_fits(fitted: pd.DataFrame, rows: pd.DataFrame, value: str, groups: Sequence[str]) -> pd.DataFrame:
+    """The fits with an exponent only from >= 3 distinct N (else NaN: shown as "-"), never flagged from noisy cells."""
+    ok = rows[(rows["status"] == "ok") & (rows[value] > 0)]
+    per_group = ok.groupby(list(groups), dropna=False).agg(
+        distinct_n=("seq_len", "nunique"), any_noisy=("noisy", lambda s: bool(s.fillna(False).astype(bool).any()))
+    )
+    fitted = fitted.merge(per_group.reset_index(), on=list(groups), how="left")
+    few = ~(fitted["distinct_n"] >= fit.ASYMPTOTIC_MIN_POINTS)
+    fitted.loc[few, ["exponent", "exponent_all"]] = np.nan
+    fitted["disagrees"] = fitted["disagrees"] & ~few
+    fitted["noisy"] = fitted["any_noisy"].fillna(False).astype(bool) & ~few
+    return fitted
 
 
 def crossover_text(frame: pd.DataFrame, prefix: str) -> pd.Series:
@@ -155,9 +188,11 @@ def exponent_table(time_fit: pd.DataFrame, memory_fit: pd.DataFrame, axes: Seque
     parts = []
     for metric, fitted in (("time", time_fit), ("memory", memory_fit)):
         table = fitted[keys].copy()
-        table[f"{metric} exponent"] = fitted["exponent"].map(lambda v: _g(v, ".2f"))
+        table[f"{metric} exponent"] = fitted["exponent"].map(lambda v: _g(v, ".2f") or "-")
         table[f"{metric} declared"] = fitted["declared"].map(lambda v: _g(v, ".2g"))
-        table[f"{metric} check"] = np.where(fitted["disagrees"], "disagrees", "")
+        table[f"{metric} check"] = np.where(
+            fitted["disagrees"], np.where(fitted["noisy"], "disagrees (noisy cells)", "disagrees"), ""
+        )
         table[f"{metric} fit N (points, R²)"] = (
             fitted["n_min"].map(_n) + ".." + fitted["n_max"].map(_n)
             + " (" + fitted["points"].astype(str) + ", " + fitted["r2"].map(lambda v: _g(v, ".3f")) + ")"
@@ -237,49 +272,70 @@ def concurrent_measurements(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records, columns=columns)
 
 
-def _fastest(cells: pd.DataFrame, n: int, failed: pd.DataFrame, why: str) -> str:
-    """'At N=… (why) the fastest is X at t ms; then …' with the series that did not finish there."""
-    at_n = cells[cells["seq_len"] == n].groupby("series")["time_ms_median"].median().sort_values()
-    ranking = [f"{name} {_g(ms)} ms" for name, ms in at_n.items()]
-    sentence = f"At N={n} ({why}) the fastest is {ranking[0]}"
-    if len(ranking) > 1:
-        sentence += "; then " + ", ".join(ranking[1:4])
-    missing = failed[failed["seq_len"] == n]
-    if len(missing):
-        finished = ", ".join(f"{s} ({st})" for s, st in zip(missing["series"], missing["status"], strict=True))
-        sentence += f"; did not finish there: {finished}"
-    return sentence + "."
+def _ranking(cells: pd.DataFrame, value: str, text) -> list[str]:
+    """'series value' for each series of the cells, smallest median value first, noisy cells marked."""
+    ordered = cells.sort_values(value).drop_duplicates("series")
+    return [f"{c['series']} {text(c[value])}{marks(c)}" for c in ordered.to_dict("records")]
 
 
-def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, accuracy: pd.DataFrame, baseline: str) -> list[dict]:
-    """Per panel: fastest series at the largest N (and at HEADLINE_N), crossovers, accuracy at the largest N."""
+def _crossover_lines(here: pd.DataFrame, baseline: str) -> list[str]:
+    """One line per impl that wins within range (judged from >= 3 common N), one for all that never do."""
+    judged = here[here["time_points"] >= fit.ASYMPTOTIC_MIN_POINTS]
+    if not len(judged):
+        return []
+    time_text, memory_text = crossover_text(judged, "time_"), crossover_text(judged, "memory_")
+    neither = (time_text == "not in range") & (memory_text == "not in range")
+    lines = {}
+    for series, impl, time, memory in zip(
+        judged["series"][~neither], judged["impl"][~neither], time_text[~neither], memory_text[~neither], strict=True
+    ):
+        lines.setdefault(impl, []).append(f"{series} vs {baseline}: faster from {time}, less memory from {memory}")
+    items = ["; ".join(parts) + "." for parts in lines.values()]
+    if neither.any():  # one line for the many entries that never win, instead of one each
+        names = ", ".join(judged["series"][neither])
+        items.append(f"Neither faster nor smaller than {baseline} within the measured N: {names}.")
+    return items
+
+
+def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, error_budget: float, baseline: str) -> list[dict]:
+    """Per panel, at the largest N: fastest exact, fastest approximate within the error budget, least memory;
+    crossovers (only from >= 3 N), and the series that did not finish there."""
     sections = []
     ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
-    for panel, cells in ok.groupby("panel", sort=True):
-        failed = rows[(rows["panel"] == panel) & rows["status"].isin(FAILED_STATUSES)]
-        n_max = int(cells["seq_len"].max())
-        items = [_fastest(cells, n_max, failed, "largest measured")]
-        if HEADLINE_N in set(cells["seq_len"]) and n_max != HEADLINE_N:
-            items.append(_fastest(cells, HEADLINE_N, failed, "a common size"))
-        here = crossing[crossing["panel"] == panel]
-        time_text, memory_text = crossover_text(here, "time_"), crossover_text(here, "memory_")
-        neither = (time_text == "not in range") & (memory_text == "not in range")
-        for series, time, memory in zip(
-            here["series"][~neither], time_text[~neither], memory_text[~neither], strict=True
-        ):
-            items.append(f"{series} vs {baseline}: faster: {time}; less memory: {memory}.")
-        if neither.any():  # one line for the many entries that never win, instead of one each
-            names = ", ".join(here["series"][neither])
-            items.append(f"Neither faster nor smaller than {baseline} within the measured N: {names}.")
-        top = accuracy[(accuracy["panel"] == panel)] if len(accuracy) else accuracy
-        if len(top):
-            largest = top[top["seq_len"] == top["seq_len"].max()].sort_values(["impl", "hp_order"])
-            parts = [
-                f"{a['series']}: {_g(a['error_rel_l2'])}"
-                + ("" if pd.isna(a["speedup"]) else f" at {a['speedup']:.2f}× {baseline}'s speed")
-                for _, a in largest.iterrows()
-            ]
-            n = int(largest["seq_len"].iloc[0])
-            items.append(f"Accuracy at N={n} (rel. L2 error vs full): " + "; ".join(parts) + ".")
+    for panel, cells in ok.groupby("panel", sort=False):
+        n = int(cells["seq_len"].max())
+        at_n = cells[cells["seq_len"] == n]
+        exact = at_n[at_n["exact"].astype(bool)]
+        within = at_n[~at_n["exact"].astype(bool) & (at_n["error_rel_l2"] <= error_budget)]
+        items = []
+        if len(exact):
+            items.append(f"Fastest exact at N={n}: " + ", ".join(_ranking(exact, "time_ms_median", _ms)[:4]) + ".")
+        approximate = at_n[~at_n["exact"].astype(bool)]
+        if len(within):
+            ranked = within.sort_values("time_ms_median").drop_duplicates("series").head(3)
+            parts = [f"{c['series']} {_ms(c['time_ms_median'])}{marks(c)} (error {_g(c['error_rel_l2'])})"
+                     for c in ranked.to_dict("records")]  # fmt: skip
+            items.append(
+                f"Fastest approximate with rel. L2 error <= {error_budget:g} at N={n}: " + ", ".join(parts) + "."
+            )
+        elif len(approximate):
+            closest = approximate.sort_values("error_rel_l2").iloc[0]
+            items.append(
+                f"No approximate entry is within rel. L2 error {error_budget:g} at N={n} "
+                f"(the closest: {closest['series']}, {_g(closest['error_rel_l2'])})."
+            )
+        memory = [
+            (what, part[part["peak_bytes"].notna()]) for what, part in (("exact", exact), ("approximate", within))
+        ]
+        parts = [f"{what}: {_ranking(part, 'peak_bytes', _mib)[0]}" for what, part in memory if len(part)]
+        if parts:
+            items.append(f"Least peak memory at N={n}: " + "; ".join(parts) + ".")
+        items += _crossover_lines(crossing[crossing["panel"] == panel], baseline)
+        failed = rows[(rows["panel"] == panel) & rows["status"].isin(FAILED_STATUSES) & (rows["seq_len"] == n)]
+        if len(failed):
+            items.append(
+                f"Did not finish at N={n}: "
+                + ", ".join(f"{s} ({st})" for s, st in zip(failed["series"], failed["status"], strict=True)) + "."
+            )  # fmt: skip
         sections.append({"panel": panel or "all cells", "items": items})
     return sections

@@ -19,25 +19,11 @@ def sampled_rows(q_len: int) -> torch.Tensor:
     return torch.linspace(0, q_len - 1, min(q_len, REFERENCE_ROWS)).round().long().unique()
 
 
-def allowed_rows(problem: Problem, rows: torch.Tensor) -> torch.Tensor:
-    """The rows of problem.allowed_mask(), built for the sampled rows only: bool (B, 1, rows, Nk)."""
-    rows = rows.to(problem.device)
-    k_pos = torch.arange(problem.kv_len, device=problem.device)
-    allowed = torch.ones(len(rows), problem.kv_len, dtype=torch.bool, device=problem.device)
-    if problem.causal:
-        allowed &= k_pos[None, :] <= rows[:, None] + problem.causal_offset
-    allowed = allowed.expand(problem.batch, 1, len(rows), problem.kv_len)
-    if problem.kv_valid_lens is not None:
-        valid = torch.tensor(problem.kv_valid_lens, device=problem.device)
-        allowed = allowed & (k_pos < valid[:, None, None, None])
-    return allowed
-
-
 def error_vs_exact(
     problem: Problem, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> dict[str, float]:
     """error_rel_l2 and error_max_abs of out against float64 exact attention, on the sampled rows."""
     rows = sampled_rows(problem.q_len).to(q.device)
     with torch.no_grad():
-        exact = dense_attention(q[:, :, rows], k, v, allowed_rows(problem, rows))  # (B, Hq, rows, D)
+        exact = dense_attention(q[:, :, rows], k, v, problem.allowed_mask(rows))  # (B, Hq, rows, D)
         return error_metrics(out[:, :, rows], exact)

@@ -10,10 +10,12 @@ import math
 from typing import Any
 
 from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.sweep.accuracy import REFERENCE_ROWS
+from bench.sweep.flops import cell_flops
 
 MEMORY_LIMIT_FRACTION = 0.9  # default worker RSS limit, as a fraction of MemAvailable at start
-DENSE_SCORE_COPIES = {"fwd": 2, "bwd": 4, "fwd_bwd": 4}  # scores + probs; backward adds their gradients
+SCORE_COPIES = 2  # scores and probabilities, per pass: a backward adds their gradients
 LINEAR_MEMORY_FACTOR = 4  # workspace of O(N)-memory entries, in multiples of their inputs and outputs
 
 
@@ -33,15 +35,28 @@ def predict_bytes(cell: Cell, memory_exponent: float) -> int:
     """
     p = cell.problem
     itemsize = p.torch_dtype.itemsize
+    if cell.mode == "decode":
+        # k and v drawn in float64, cast, and copied into the cache; scores are T x (L+T) per head
+        cache = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
+        return int(cache * (8 + 2 * itemsize) + 2 * p.batch * p.q_heads * p.q_len * p.kv_len * 8)
     q_and_out = 2 * p.batch * p.q_heads * p.q_len * p.head_dim
     k_and_v = 2 * p.batch * p.kv_heads * p.kv_len * p.head_dim
     io_bytes = (q_and_out + k_and_v) * itemsize * (1 if cell.mode == "fwd" else 2)  # with gradients
     scores = p.batch * p.q_heads * p.q_len * p.kv_len
     if memory_exponent >= 2:
         # scores are kept in the compute dtype: float32 for half-precision inputs
-        work_bytes = DENSE_SCORE_COPIES[cell.mode] * scores * p.compute_dtype.itemsize + io_bytes
+        work_bytes = SCORE_COPIES * len(MODES[cell.mode].passes) * scores * p.compute_dtype.itemsize + io_bytes
     else:
         work_bytes = LINEAR_MEMORY_FACTOR * io_bytes
     # the reference holds float64 scores and probabilities for its rows, and float64 copies of k and v
     reference_bytes = 8 * (2 * p.batch * p.q_heads * min(p.q_len, REFERENCE_ROWS) * p.kv_len + 2 * k_and_v)
     return int(work_bytes + reference_bytes)
+
+
+def skip_reason(cell: Cell, predicted_bytes: int, limit_bytes: int, max_cell_flops: float | None) -> str | None:
+    """Why a cell is skipped before it runs (predicted over the memory limit, over sweep.max_cell_flops), or None."""
+    if predicted_bytes > limit_bytes:
+        return f"predicted {predicted_bytes / 2**30:.1f} GiB exceeds the memory limit {limit_bytes / 2**30:.1f} GiB"
+    if max_cell_flops is not None and (flops := cell_flops(cell)) > max_cell_flops:
+        return f"{flops:.3g} FLOPs exceed sweep.max_cell_flops={max_cell_flops:.3g}"
+    return None

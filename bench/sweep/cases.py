@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import math
@@ -12,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
-from bench.core.cell import MODE_PASSES, Cell
+from bench.core.cell import Cell
+from bench.core.modes import MODES
 from bench.errors import BenchConfigError
-from bench.sweep.config import check_options
+from bench.sweep.config import validate_options
+from bench.sweep.lengths import LENGTHS, draw_lengths
 
 GLOB_CHARS = set("*?[")
 
@@ -50,16 +53,28 @@ def _grid_axes(sweep: Mapping[str, Any]) -> list[list]:
     ]
 
 
-def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
-    """Every problem of the grid, shortest sequences first, with the padding fraction that made it."""
+def _problems(sweep: Mapping[str, Any], seed: int) -> list[tuple[Problem, float, str]]:
+    """Every problem of the grid, shortest sequences first, with the padding fraction or length distribution
+    that made it."""
+    lengths = sweep["lengths"]
+    if lengths is not None and lengths not in LENGTHS:
+        raise BenchConfigError(f"sweep.lengths={lengths!r} is unknown: allowed are {', '.join(LENGTHS)} or null")
     problems = []
     for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(
         *_grid_axes(sweep)
     ):
         if not 0 <= padding < 1:
             raise BenchConfigError(f"sweep.padding value {padding!r} is invalid: it must be in [0, 1)")
+        if lengths and padding:
+            raise BenchConfigError(
+                f"sweep.padding={padding} and sweep.lengths={lengths} both set: padding gives every sequence "
+                "the same valid length, lengths draws each one; give one of them"
+            )
         # every sequence of the batch keeps the same number of keys: padding is the fraction cut off
         valid = max(1, round(seq_len * (1 - padding)))
+        valid_lens = (valid,) * batch if padding else None
+        if lengths:
+            valid_lens = draw_lengths(lengths, seq_len, batch, seed)
         problem = Problem(
             batch=batch,
             q_heads=heads,
@@ -67,12 +82,28 @@ def _problems(sweep: Mapping[str, Any]) -> list[tuple[Problem, float]]:
             q_len=seq_len,
             head_dim=head_dim,
             causal=causal,
-            kv_valid_lens=(valid,) * batch if padding else None,
+            kv_valid_lens=valid_lens,
             dtype=dtype,
             device=device,
         )
-        problems.append((problem, float(padding)))
+        problems.append((problem, float(padding), lengths or ""))
     return problems
+
+
+def _decode_problems(sweep: Mapping[str, Any], problems: list[tuple[Problem, float, str]]) -> list[Problem]:
+    """The decode problem of each grid problem and step length T: T queries against L + T keys, L = seq_len."""
+    steps = _axis(sweep, "decode_tokens", (int,))
+    for value in steps:
+        if value < 1:
+            raise BenchConfigError(f"sweep.decode_tokens value {value!r} is invalid: it must be an integer >= 1")
+    if not all(problem.causal for problem, _, _ in problems):
+        raise BenchConfigError("sweep.modes has decode, which is causal generation: set sweep.causal=true")
+    if any(problem.kv_valid_lens for problem, _, _ in problems):
+        raise BenchConfigError(
+            "sweep.modes has decode, whose caches are whole: sweep.padding and sweep.lengths apply to fwd/bwd only"
+        )
+    context = [problem for problem, _, _ in problems]
+    return [dataclasses.replace(p, q_len=t, kv_len=p.q_len + t) for p in context for t in steps]
 
 
 def select_impls(impls: Mapping[str, Any]) -> list[str]:
@@ -120,7 +151,7 @@ def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]
 def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    check_options(plain)
+    validate_options(plain)
     impls, sweep = plain["impls"], plain["sweep"]
     for module in plain.get("imports", []):
         _import(module)  # extra entries (plugins, tests) register on import
@@ -128,18 +159,26 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     for name in impls["hparams"]:
         attention_zoo.get(name)  # a typo in a hyperparameter block's name is an error, not silence
     grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
-    modes = _axis(sweep, "modes", (str,), tuple(MODE_PASSES))
+    modes = _axis(sweep, "modes", (str,), tuple(MODES))
     # counted before anything is expanded: a grid of a million cells would take minutes just to list
-    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * len(modes)
+    per_problem = len(modes) - ("decode" in modes) + ("decode" in modes) * len(_axis(sweep, "decode_tokens", (int,)))
+    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * per_problem
     if count > sweep["max_cells"]:
         raise BenchConfigError(
             f"the grid has {count:,} cells, more than sweep.max_cells={sweep['max_cells']:,}: "
             "sweep fewer values, or raise sweep.max_cells"
         )
     cells = []
-    for problem, padding in _problems(sweep):
+    problems = _problems(sweep, plain["seed"])
+    passes = [mode for mode in modes if mode != "decode"]
+    for problem, padding, lengths in problems if passes else []:
         for name in names:
             for hparams in grids[name]:
                 attention_zoo.get(name).resolve_hparams(hparams, problem)  # rules on the problem (>= kv_len)
-                cells += [Cell(name, problem, mode, hparams, padding) for mode in modes]
+                cells += [Cell(name, problem, mode, hparams, padding, lengths) for mode in passes]
+    for problem in _decode_problems(sweep, problems) if "decode" in modes else []:
+        for name in names:
+            for hparams in grids[name]:
+                attention_zoo.get(name).resolve_hparams(hparams, problem)
+                cells.append(Cell(name, problem, "decode", hparams, 0.0))
     return cells

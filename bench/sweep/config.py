@@ -3,13 +3,14 @@
 Sweep axes accept one value or a list of values (a list is swept); cases.py checks their types and
 values, so a bad one fails in one line before anything runs. Every other option declares its rules
 in its annotation (`threads: Annotated[int | None, AtLeast(1)]`, the same rules as the entries'
-hyperparameters, see attention_zoo/rules.py); `check_options` checks them all, a bound naming another
+hyperparameters, see attention_zoo/rules.py); `validate_options` checks them all, a bound naming another
 option of the same section (`AtMost("max_samples")`) compares with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,17 @@ from omegaconf import DictConfig
 from attention_zoo.rules import Above, AtLeast, AtMost, declared
 from bench.core.locks import TIMING_LOCK
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _conf_dir() -> Path:
+    """The config folder: the installed package's (conf/ is mapped into the wheel as bench.conf, pyproject.toml),
+    else conf/ beside bench/ in a checkout run from source (scripts/gpu_check.sh, an older editable install)."""
+    spec = importlib.util.find_spec("bench.conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
@@ -47,9 +58,12 @@ class SweepConfig:
     head_dims: Any = 64
     causal: Any = False
     padding: Any = 0.0  # fraction of each sequence's keys that are padding, in [0, 1)
+    # ragged batches: each sequence's valid length drawn (seeded) from uniform, longtail or bimodal; null: none
+    lengths: Any = None
+    decode_tokens: Any = 1  # decode mode: new tokens per step (T; a few for speculative decoding)
     dtypes: Any = "float32"
     devices: Any = "cpu"
-    modes: Any = "fwd"  # fwd, bwd, fwd_bwd
+    modes: Any = "fwd"  # fwd, bwd, fwd_bwd, decode (seq_lens is then the context length L)
     max_cell_flops: Annotated[float | None, Above(0)] = None  # cells doing more work are skipped; null: no cap
     max_cells: Annotated[int, AtLeast(1)] = 10_000  # a larger grid stops before it is expanded
 
@@ -87,13 +101,13 @@ class BenchConfig:
     report: bool = True  # write report.html and report.md into the run folder at the end
 
 
-def check_options(plain: Mapping[str, Any], schema: type = BenchConfig, prefix: str = "") -> None:
+def validate_options(plain: Mapping[str, Any], schema: type = BenchConfig, prefix: str = "") -> None:
     """A one-line RuleError for the first option (sections included) its annotation does not allow."""
     hints = typing.get_type_hints(schema, include_extras=True)
     for option in dataclasses.fields(schema):
         value, hint = plain[option.name], hints[option.name]
         if dataclasses.is_dataclass(hint):
-            check_options(value, hint, f"{prefix}{option.name}.")
+            validate_options(value, hint, f"{prefix}{option.name}.")
         else:
             declared(hint).check(f"{prefix}{option.name}", value, plain)
 

@@ -13,7 +13,8 @@ from bench.core.calls import mode_calls
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
 from bench.sweep.accuracy import error_vs_exact
-from bench.sweep.timing import on_device, synchronize, timer_for
+from bench.sweep.decode import measure_decode
+from bench.sweep.timing import measured_columns, on_device, synchronize, timer_for
 
 _INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
 
@@ -31,6 +32,8 @@ def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
     with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
+        if cell.mode == "decode":
+            return measure_decode(cell, timing, cell_inputs(cell.problem, seed, requires_grad=False))
         return _measure_on_device(cell, timing, seed)
 
 
@@ -57,17 +60,4 @@ def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[st
     peak_bytes, out = measure_peak(device_type, lambda: run(state))
     error = error_vs_exact(problem, out.detach(), q.detach(), k.detach(), v.detach())
 
-    return {
-        "status": "ok",
-        "reason": "",
-        "setup_ms": setup_ms,
-        "time_ms_median": samples.median,
-        "time_ms_iqr": samples.iqr,
-        "time_ms_min": samples.min,
-        "time_ms_samples": list(samples.ms),
-        "n_samples": len(samples.ms),
-        "noisy": samples.noisy,
-        "peak_bytes": peak_bytes,
-        "kernel": impl.kernel,
-        **error,
-    }
+    return {**measured_columns(setup_ms, samples, peak_bytes, impl.kernel), **error}

@@ -1,4 +1,4 @@
-"""The runner: config -> cells -> worker -> rows, with a progress bar and a summary table at the end.
+"""The runner: config -> cells -> worker -> rows, with progress, a summary table and warnings at the end (console.py).
 
 Ctrl-C stops the worker and raises RunInterrupted, whose one-line message says how many cells are
 done and how to finish the run; every finished row is on disk already.
@@ -16,27 +16,31 @@ from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 import attention_zoo
 from bench.core.cell import Cell
 from bench.core.locks import timing_lock
 from bench.core.memory import available_bytes
 from bench.errors import BenchConfigError
+from bench.report.cautions import ceiling_drift, noisy_cells
 from bench.sweep import cases
-from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes
+from bench.sweep.budget import MEMORY_LIMIT_FRACTION, memory_limit, predict_bytes, skip_reason
+from bench.sweep.console import CellProgress, summary_table, warn
 from bench.sweep.environment import environment
-from bench.sweep.flops import cell_flops, cell_flops_executed
+from bench.sweep.flops import cell_bytes, with_flops
 from bench.sweep.worker import Worker
 from bench.sweep.writer import RowWriter, cell_columns, write_text_atomically
 
 GEMM_TIMEOUT_S = 120.0
-SUMMARY_AXES = ["impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "dtype", "device"]
 CONFIG_YAML, ENVIRONMENT_JSON = "config.yaml", "environment.json"
 
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message is the one line to print."""
+
+
+class NothingMeasured(Exception):
+    """A valid config whose every cell failed or was unsupported; the message is the one line to print (exit 1)."""
 
 
 def config_fingerprint(plain: dict[str, Any]) -> str:
@@ -51,6 +55,18 @@ def _gemm_ceilings(worker: Worker, cells: list[Cell]) -> dict[tuple[str, str], f
     for device, dtype in sorted({(c.problem.device, c.problem.dtype) for c in cells}):
         status, value = worker.call("gemm", device, dtype, timeout_s=GEMM_TIMEOUT_S)
         ceilings[device, dtype] = value if status == "ok" else math.nan
+    return ceilings
+
+
+def _bandwidth_ceilings(worker: Worker, cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """The bandwidth ceiling (bench/sweep/bandwidth.py) once per device that runs decode cells; NaN where it fails.
+
+    Only decode steps are judged against it, and it moves 2 GiB per sample: runs without decode skip it.
+    """
+    ceilings = {}
+    for device in sorted({c.problem.device for c in cells}):
+        status, value = worker.call("bandwidth", device, timeout_s=GEMM_TIMEOUT_S)
+        ceilings[device] = value if status == "ok" else {"bandwidth_bytes_per_s": math.nan}
     return ceilings
 
 
@@ -71,13 +87,8 @@ def _measure(cell: Cell, cfg: dict[str, Any], worker: Worker, limit_bytes: int) 
         return {"status": status, "reason": reason, "predicted_bytes": predicted}
     if reason:
         return {"status": "unsupported", "reason": reason, "predicted_bytes": predicted}
-    if predicted > limit_bytes:
-        limit = limit_bytes
-        reason = f"predicted {predicted / 2**30:.1f} GiB exceeds the memory limit {limit / 2**30:.1f} GiB"
-        return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
-    max_flops = cfg["sweep"]["max_cell_flops"]
-    if max_flops is not None and cell_flops(cell) > max_flops:
-        reason = f"{cell_flops(cell):.3g} FLOPs exceed sweep.max_cell_flops={max_flops:.3g}"
+    reason = skip_reason(cell, predicted, limit_bytes, cfg["sweep"]["max_cell_flops"])
+    if reason:
         return {"status": "skipped", "reason": reason, "predicted_bytes": predicted}
     status, value = worker.call("cell", cell, cfg["timing"], cfg["seed"], timeout_s=cfg["timing"]["cell_timeout_s"])
     measured = value if status == "ok" else {"status": status, "reason": value}
@@ -89,27 +100,16 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat()
 
 
-def _with_flops(row: dict[str, Any], cell: Cell, gemm_flop_per_s: float) -> dict[str, Any]:
-    """FLOP/s and % of GEMM on useful flops; pct_of_gemm_executed on what the entry executes (waste included)."""
-    flops, flops_executed = cell_flops(cell), cell_flops_executed(cell)
+def _with_bytes(row: dict[str, Any], cell: Cell, bandwidth: dict[str, float]) -> dict[str, Any]:
+    """Bytes moved and their rate: a decode step's bytes_read against the bandwidth ceiling; q/k/v/out bytes."""
+    useful, executed = cell_bytes(cell)
+    row = {**row, **bandwidth, "bytes_useful": useful, "bytes_executed": executed}
+    if cell.mode != "decode":
+        return row
     seconds = row.get("time_ms_median", math.nan) / 1e3
-    flop_per_s = flops / seconds if seconds > 0 else math.nan
-    executed_per_s = flops_executed / seconds if seconds > 0 else math.nan
-    return {**row, "flops": flops, "flops_executed": flops_executed, "flop_per_s": flop_per_s,
-            "gemm_flop_per_s": gemm_flop_per_s, "pct_of_gemm": 100 * flop_per_s / gemm_flop_per_s,
-            "pct_of_gemm_executed": 100 * executed_per_s / gemm_flop_per_s}  # fmt: skip
-
-
-def summary_table(rows: pd.DataFrame) -> str:
-    """impl (and every other axis that varies) x seq_len: median ms where ok, the status otherwise."""
-    axes = [a for a in SUMMARY_AXES if a == "impl" or rows[a].nunique(dropna=False) > 1]
-    if (rows.groupby("impl")["hparams"].nunique() > 1).any():  # a swept hyperparameter
-        axes.append("hparams")
-    shown = rows.assign(
-        value=[f"{ms:.3g}" if s == "ok" else s for s, ms in zip(rows["status"], rows["time_ms_median"], strict=False)]
-    )
-    table = shown.pivot_table(index=axes, columns="seq_len", values="value", aggfunc="first", sort=False)
-    return "median ms by seq_len (status where not ok)\n" + table.fillna("").to_string()
+    bytes_per_s = row.get("bytes_read", math.nan) / seconds if seconds > 0 else math.nan
+    return {**row, "time_per_token_ms": 1e3 * seconds / cell.problem.q_len, "bytes_per_s": bytes_per_s,
+            "pct_of_bandwidth": 100 * bytes_per_s / bandwidth["bandwidth_bytes_per_s"]}  # fmt: skip
 
 
 def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_id: str = "") -> pd.DataFrame:
@@ -140,18 +140,28 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
             Worker(threads, plain["imports"], worker_limit) as worker,
         ):
             ceilings = _gemm_ceilings(worker, todo)
+            bandwidths = _bandwidth_ceilings(worker, [c for c in todo if c.mode == "decode"])
             device_columns = _device_columns(worker, todo)  # after the GEMM ceiling: clocks read on a warm GPU
-            progress = tqdm(todo, desc="cells", unit="cell", disable=not plain["progress"], dynamic_ncols=True)
-            for cell in progress:
-                progress.set_postfix_str(f"{cell.impl} N={cell.problem.q_len} {cell.mode}")
+            progress = CellProgress(len(todo), plain["progress"])
+            for cell in todo:
                 row = {"run_id": run_id, "job_id": job_id, **cell_columns(cell), **env, "exclusive": exclusive}
                 started = _now()
                 device = device_columns[cell.problem.device]
                 row.update(_measure(cell, plain, worker, memory_limit(cell, worker.memory_limit_bytes, device)))
-                row = _with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row = with_flops(row, cell, ceilings[cell.problem.device, cell.problem.dtype])
+                row = _with_bytes(row, cell, bandwidths.get(cell.problem.device, {}))
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
                 done += 1
+                progress.finished(f"{cell.impl} N={cell.problem.q_len} {cell.mode}", row)
+            progress.close()
+            # again at the end: a machine that slowed down (or sped up) during the run is warned about
+            end_ceilings = _gemm_ceilings(worker, todo) if todo else {}
+        saved["gemm_ceilings"] = [
+            {"device": device, "dtype": dtype, "start_flop_per_s": start, "end_flop_per_s": end_ceilings[device, dtype]}
+            for (device, dtype), start in ceilings.items()
+        ]
+        write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
     except KeyboardInterrupt:
         writer.close()
         raise RunInterrupted(
@@ -162,9 +172,13 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         raise
     rows = writer.close()
     print(summary_table(rows))
+    warn(ceiling_drift(saved["gemm_ceilings"]) + noisy_cells(rows))
     print(f"results: {run_dir}  ({len(rows)} rows; load with bench.rows.load({str(run_dir)!r}))")
     if plain["report"]:
         from bench.report.render import write_report  # plotting libraries load only when a report is written
 
         print(f"report: {write_report([run_dir])}")
+    if not (rows["status"] == "ok").any():
+        counts = ", ".join(f"{n} {status}" for status, n in rows["status"].value_counts().items())
+        raise NothingMeasured(f"no cell was measured ({counts}); the reasons are in {run_dir / 'rows.csv'}")
     return rows

@@ -47,6 +47,23 @@ class Samples:
         return self.iqr / self.median > NOISY_IQR_OVER_MEDIAN
 
 
+def measured_columns(setup_ms: float, samples: Samples, peak_bytes: int, kernel: str) -> dict[str, Any]:
+    """The columns every measured cell's row has: setup, the timing statistics and raw samples, peak memory."""
+    return {
+        "status": "ok",
+        "reason": "",
+        "setup_ms": setup_ms,
+        "time_ms_median": samples.median,
+        "time_ms_iqr": samples.iqr,
+        "time_ms_min": samples.min,
+        "time_ms_samples": list(samples.ms),
+        "n_samples": len(samples.ms),
+        "noisy": samples.noisy,
+        "peak_bytes": peak_bytes,
+        "kernel": kernel,
+    }
+
+
 def _enough(count: int, started: float, min_samples: int, max_samples: int, budget_s: float) -> bool:
     return count >= max_samples or (count >= min_samples and time.perf_counter() - started >= budget_s)
 

@@ -22,13 +22,16 @@ from typing import Any
 
 import torch
 
+from bench.command_line import described
 from bench.core.cell import unsupported_reason
 from bench.core.memory import status_bytes
+from bench.sweep.bandwidth import measure_bandwidth_bytes_per_s
 from bench.sweep.environment import device_environment
 from bench.sweep.flops import measure_gemm_flop_per_s
 from bench.sweep.measure import measure_cell
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+REASON_CHARS = 300  # an error row's reason: the error's type and first line, cut to this
 POLL_S = 0.05  # how often the runner checks the worker's memory, liveness and deadline
 STARTUP_TIMEOUT_S = 300
 EXIT_GRACE_S = 10  # at the end of a run the worker may exit by itself, letting compile workers clean up
@@ -36,6 +39,7 @@ EXIT_GRACE_S = 10  # at the end of a run the worker may exit by itself, letting 
 TASKS = {
     "cell": measure_cell,
     "gemm": measure_gemm_flop_per_s,
+    "bandwidth": measure_bandwidth_bytes_per_s,
     "device": device_environment,
     "reason": unsupported_reason,
 }
@@ -44,12 +48,6 @@ FATAL_CUDA_TEXT = ("CUDA error", "device-side assert")  # the CUDA context is un
 START_ATTEMPTS = 2  # a worker killed while starting is started once more
 OOM_EVIDENCE_FRACTION = 0.9  # a SIGKILL is the OOM killer's when RSS had reached this fraction of the limit
 CGROUP_EVENTS = Path("/sys/fs/cgroup/memory.events")  # cgroup v2: oom_kill counts the kernel's OOM kills
-
-
-def one_line(error: BaseException) -> str:
-    """`Type: first line of the message`, short enough for a results column."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -93,7 +91,7 @@ def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -
         try:
             reply = ("ok", TASKS[task](*args))
         except Exception as error:
-            text = one_line(error)
+            text = described(error)[:REASON_CHARS]
             out_of_memory = isinstance(error, torch.OutOfMemoryError) or any(s in text for s in OUT_OF_MEMORY_TEXT)
             fatal = not out_of_memory and _is_fatal_cuda_error(error, text)
             reply = ("oom" if out_of_memory else "error", text)

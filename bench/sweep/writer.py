@@ -23,7 +23,7 @@ import pandas as pd
 import attention_zoo
 from bench.core.cell import Cell
 from bench.core.locks import claim_folder
-from bench.rows import ROWS_CSV, ROWS_PARQUET, columns, hparam_column, read_rows_csv
+from bench.rows import ROWS_CSV, ROWS_PARQUET, STATUSES, columns, hparam_column, read_rows_csv
 
 TEMPORARY_GLOB = ".*.tmp"  # what a write killed before its rename leaves behind
 
@@ -63,16 +63,32 @@ def cell_columns(cell: Cell) -> dict[str, Any]:
         "head_dim": p.head_dim,
         "causal": p.causal,
         "padding": cell.padding,
+        "lengths": cell.lengths,
+        "decode_tokens": p.q_len if cell.mode == "decode" else None,
         "dtype": p.dtype,
         "device": p.device,
-        "seq_len": p.q_len,
+        "seq_len": cell.seq_len,
         "hparams": json.dumps(dict(cell.hparams), sort_keys=True),
         **{hparam_column(name): value for name, value in cell.hparams.items()},
+        **(_decode_complexity(entry) if cell.mode == "decode" else _declared_complexity(entry)),
+    }
+
+
+def _declared_complexity(entry: attention_zoo.Entry) -> dict[str, Any]:
+    return {
         "time_complexity": str(entry.time),
         "memory_complexity": str(entry.memory),
         "declared_time_exponent": entry.time.exponent,
         "declared_memory_exponent": entry.memory.exponent,
     }
+
+
+def _decode_complexity(entry: attention_zoo.Entry) -> dict[str, Any]:
+    """A step's growth in the context length (N = L in decode rows): an exact KV cache is read whole, O(N);
+    bounded states (window, memory, recurrent sums) are O(1)."""
+    grows = 1.0 if entry.exact else 0.0
+    return {"time_complexity": "O(N)" if grows else "O(1)", "memory_complexity": "O(N)" if grows else "O(1)",
+            "declared_time_exponent": grows, "declared_memory_exponent": grows}  # fmt: skip
 
 
 def _csv_text(value: Any) -> str:
@@ -119,6 +135,8 @@ class RowWriter:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one row and push it to disk, so a crash right after loses nothing."""
+        if row["status"] not in STATUSES:
+            raise ValueError(f"row status {row['status']!r} is none of {STATUSES}")
         self._csv.writerow({key: _csv_text(value) for key, value in row.items()})
         self._file.flush()
         os.fsync(self._file.fileno())
