@@ -142,3 +142,19 @@ def test_bad_hyperparameter_is_one_line_naming_field_and_value(name: str, field:
         z.get(name).build(z.Problem(q_len=64, causal=name == "transformer_xl"), **{field: value})
     message = str(error.value)
     assert "\n" not in message and f"{field}={value!r}" in message and allowed in message
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_chunks_change_nothing_but_the_order_of_the_sums(causal: bool) -> None:
+    # one position at a time, ragged chunks and one chunk for everything: the online stabiliser and the
+    # rescaled summaries give the same output and gradients
+    problem = z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=50, head_dim=16, causal=causal, kv_valid_lens=(50, 33))
+    q, k, v = problem.make_inputs(seed=3, requires_grad=True)
+    results = []
+    for chunk in (1, 7, 50):
+        impl = z.get("performer").build(problem, num_features=32, chunk=chunk, causal_chunk=chunk)
+        out = impl(q, k, v)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert normalised_max_error(a, b) <= TOLERANCES["float32"]

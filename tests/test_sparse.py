@@ -120,3 +120,42 @@ def test_no_tensor_grows_with_n_squared(name: str) -> None:
         impl(q, k, v).sum().backward()
     # banded scores hold heads * N * (block + window + g) entries; N^2 would be 512 times more
     assert largest.numel <= problem.q_heads * seq_len * (3 * window + global_tokens)
+
+
+TILE_PROBLEM = z.Problem(
+    batch=2, q_heads=4, kv_heads=2, q_len=45, kv_len=70, head_dim=8, causal=True, kv_valid_lens=(70, 52)
+)
+
+
+@pytest.mark.parametrize("name", ["sliding_window", "window_global"])
+@pytest.mark.parametrize(("block", "chunk"), [(1, 1), (3, 2), (4, 100), (16, 1), (64, 8)])
+def test_every_tiling_computes_the_same_band_and_gradients(name: str, block: int, chunk: int) -> None:
+    # interior chunks (the shared band bias) and edge chunks (their own) in every proportion, forward and backward
+    problem, hparams = TILE_PROBLEM, {"window": 6, "block": block, "chunk": chunk}
+    if name == "window_global":
+        hparams["global_tokens"] = 3
+    q, k, v = problem.make_inputs(seed=6, requires_grad=True)
+    impl = z.get(name).build(problem, **hparams)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(7))
+    got = torch.autograd.grad(impl(q, k, v), (q, k, v), grad_out)
+    expected = torch.autograd.grad(impl.dense_reference(q, k, v).float(), (q, k, v), grad_out)
+    assert normalised_max_error(impl(q, k, v), impl.dense_reference(q, k, v)) <= TOLERANCES["float32"]
+    for label, a, b in zip("qkv", got, expected, strict=True):
+        assert normalised_max_error(a, b) <= TOLERANCES["float32"], f"d{label}"
+
+
+@pytest.mark.parametrize("name", ["sliding_window", "window_global"])
+def test_scores_exist_one_chunk_at_a_time(name: str) -> None:
+    # window 64 at N = 4096: the whole sequence's banded scores would be heads * N * (block + 2w) = 1.6M entries
+    seq_len, heads, head_dim, window, block, chunk, g = 4096, 2, 8, 64, 32, 4, 4
+    problem = z.Problem(batch=1, q_heads=heads, kv_heads=1, q_len=seq_len, head_dim=head_dim)
+    hparams = {"window": window, "block": block, "chunk": chunk}
+    if name == "window_global":
+        hparams["global_tokens"] = g
+    q, k, v = problem.make_inputs(requires_grad=True)
+    impl = z.get(name).build(problem, **hparams)
+    with LargestTensor() as largest:
+        impl(q, k, v).sum().backward()
+    # a chunk's scores (all query heads of the group stacked), or a global row against every key
+    chunk_scores = chunk * heads * block * (block + 2 * window + g)
+    assert largest.numel <= max(chunk_scores, heads * g * seq_len, heads * seq_len * head_dim)

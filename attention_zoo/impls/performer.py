@@ -8,7 +8,9 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   each block is Haar-distributed), rows rescaled by chi(d)-distributed norms, as in the paper and
   performer-pytorch. One feature matrix is shared by every head.
 - Stabiliser: with exponents a_i = w_i^T x_q - |x_q|^2/2 and b_i = w_i^T x_k - |x_k|^2/2, the keys
-  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature; the queries add
+  subtract c_i, the max of b_i over the (sequence, head)'s valid keys, one per feature (found online
+  over key chunks: the summary so far is rescaled by exp(c_old - c_new) when it grows; causal chunks
+  use the max over the keys up to their own, the only keys they see); the queries add
   c_i (so each product exp(a_i + b_i) is unchanged) and subtract the max over features of the result,
   one per query row (|x_q|^2/2, a row constant, drops out with it). The row constant cancels in the
   normalisation and the c_i cancel in the product, so all are excluded from the gradient. Every
@@ -17,6 +19,9 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
   features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
   likewise and is dropped from the fast path.
+- Chunks: features exist `chunk` positions at a time (all heads), so the (N, m) feature maps of the
+  whole sequence never do: keys' features go into S = sum phi(k) [v, 1]^T (m x (d+1)) chunk by chunk,
+  then each query chunk's features meet S, each chunk in cache.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
@@ -41,6 +46,9 @@ from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
 
+# sequence positions whose features exist at once on the non-causal path (all heads): the tile sweep's best
+DEFAULT_CHUNK = 256
+
 
 def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
     """(m, d) float64: stacked orthogonal d x d blocks, rows rescaled to chi(d)-distributed norms."""
@@ -54,44 +62,57 @@ def orthogonal_random_features(num_features: int, head_dim: int, generator: torc
 
 
 class PerformerAttention(Attention):
-    """FAVOR+ linear attention with positive orthogonal random features, causal by chunked prefix sums."""
+    """FAVOR+ linear attention with positive orthogonal random features, in cache-sized chunks of the sequence."""
 
-    def __init__(self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int) -> None:
+    def __init__(
+        self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int, chunk: int
+    ) -> None:
         super().__init__(problem)
-        self.num_features, self.redraw, self.causal_chunk = num_features, redraw, causal_chunk
+        self.num_features, self.redraw = num_features, redraw
+        self.causal_chunk, self.chunk = causal_chunk, chunk
         self.compute_dtype = problem.compute_dtype
         self.generator = torch.Generator().manual_seed(seed)
         # the features of the latest call (drawn here; redrawn per call when redraw is on)
         self.register_buffer("features", self._draw())
         mask = problem.key_padding_mask()  # (B, Nk) or None
-        self.register_buffer("key_valid", None if mask is None else mask[:, None, :, None])
-        chunk = min(causal_chunk, problem.q_len)
+        # additive: 0 for a valid key, -inf for padding (exp(-inf) = 0: padded keys add nothing, however large)
         self.register_buffer(
-            "chunk_causal",
-            torch.ones(chunk, chunk, dtype=self.compute_dtype, device=problem.device).tril_(),
+            "key_bias",
+            None
+            if mask is None
+            else torch.zeros(mask.shape, dtype=self.compute_dtype, device=mask.device).masked_fill(~mask, -math.inf),
+        )
+        causal = min(causal_chunk, problem.q_len)
+        self.register_buffer(
+            "chunk_causal", torch.ones(causal, causal, dtype=self.compute_dtype, device=problem.device).tril_()
         )
 
     def _draw(self) -> torch.Tensor:
         features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
-    def _feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stabilised phi(q) (B, Hkv, G*Nq, m), query heads of a group folded into the query axis, and
-        phi(k) (B, Hkv, Nk, m): exp(q_i + k_i) factored so that every feature is at most 1 (module docstring).
+    def _key_exponents(self, k: torch.Tensor, start: int | None, w: torch.Tensor) -> torch.Tensor:
+        """b_i = w_i^T x_k - |x_k|^2/2 (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from position `start`, -inf
+        for padding (start None: keys of a decode step, unpadded), before any stabiliser; w (d, m) scaled."""
+        quarter = k.shape[-1] ** -0.25
+        exponent = torch.baddbmm(
+            k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-quarter * quarter / 2),
+            k.flatten(0, 1),
+            w.expand(k.shape[0] * k.shape[1], -1, -1),
+        ).view(*k.shape[:3], -1)
+        if self.key_bias is not None and start is not None:
+            exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
+        return exponent
+
+    def _query_features(self, q: torch.Tensor, w: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
+        """Stabilised phi(q) (B, Hkv, G*c, m) of a query chunk q (B, Hq, c, d), the heads of a group stacked.
+
+        The keys' constants c_i are added back and each row's max is subtracted; the row's own
+        -|x|^2/2 is a row constant, so it cancels against that max and is left out.
         """
-        batch, kv_heads = k.shape[:2]
-        quarter = q.shape[-1] ** -0.25
-        w = self.features.T * quarter  # folds x = q * d^-1/4 into the projection, (d, m)
-        # in place: these are the N x m tensors, the largest the method makes
-        k_exponent = (k @ w).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
-        if self.key_valid is not None:  # exp(-inf) = 0: padded keys add nothing, however large
-            k_exponent = k_exponent.masked_fill_(~self.key_valid, float("-inf"))
-        k_max = k_exponent.detach().amax(-2, keepdim=True)  # (B, Hkv, 1, m), over valid keys
-        phi_k = k_exponent.sub_(k_max).exp_()
-        # the query row's constant -|x|^2/2 cancels against its max, so it is left out
-        q_exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[1]).add_(k_max)
-        phi_q = q_exponent.sub_(q_exponent.detach().amax(-1, keepdim=True)).exp_()
-        return phi_q, phi_k
+        batch, kv_heads = k_max.shape[:2]
+        exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[-1]).add_(k_max)
+        return exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp_()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.redraw:
@@ -100,44 +121,68 @@ class PerformerAttention(Attention):
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         batch, kv_heads, kv_len, head_dim = k.shape
         group, q_len = q.shape[1] // kv_heads, q.shape[2]
-        # the query heads of a group are folded into the query axis: GQA without copying K or V
-        phi_q, phi_k = self._feature_maps(q, k)
+        w = self.features.T * head_dim**-0.25  # folds x = q * d^-1/4 into the projection, (d, m)
         v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
-        if self.problem.causal:
-            out = self._causal(phi_q.view(batch, kv_heads, group, q_len, -1), phi_k, v_ones)
-        else:
-            out = phi_q @ (phi_k.transpose(-1, -2) @ v_ones)  # (B, Hkv, G*Nq, d+1)
+        causal = self._causal if self.problem.causal else self._non_causal
+        out = causal(q, k, v_ones, w)  # (B, Hkv, G, Nq, d+1)
         out = out[..., :head_dim] / out[..., head_dim:]
         return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
 
-    def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v_ones: torch.Tensor) -> torch.Tensor:
-        """phi_q (B, Hkv, G, Nq, m); phi_k (B, Hkv, Nk, m); v_ones (B, Hkv, Nk, d+1) -> (B, Hkv, G*Nq, d+1)."""
-        q_len, offset = phi_q.shape[3], phi_k.shape[2] - phi_q.shape[3]
-        # keys before the first query's position are seen by every query: the initial state
-        state = phi_k[:, :, :offset].transpose(-1, -2) @ v_ones[:, :, :offset]  # (B, Hkv, m, d+1)
-        phi_k, v_ones = phi_k[:, :, offset:], v_ones[:, :, offset:]  # key offset+i sits at query i
-        chunks = []
-        for start in range(0, q_len, self.causal_chunk):
-            stop = min(start + self.causal_chunk, q_len)
-            q_chunk = phi_q[..., start:stop, :]  # (B, Hkv, G, c, m)
-            k_chunk, v_chunk = phi_k[:, :, start:stop], v_ones[:, :, start:stop]
-            causal = self.chunk_causal[: stop - start, : stop - start]
-            within = (q_chunk @ k_chunk.transpose(-1, -2).unsqueeze(2)) * causal  # (B, Hkv, G, c, c)
-            chunks.append(q_chunk @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
-            state = state + k_chunk.transpose(-1, -2) @ v_chunk
-        out = torch.cat(chunks, dim=3)  # (B, Hkv, G, Nq, d+1)
-        return out.flatten(2, 3)
+    def _non_causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """S = phi(K)^T [V, 1] over key chunks with an online max per feature, then phi(Q) S over query chunks.
 
-    def _key_exponents(self, k: torch.Tensor) -> torch.Tensor:
-        """b = w^T x - |x|^2 / 2 with x = k * d^-1/4: (B, Hkv, N, m), before any stabiliser."""
-        quarter = k.shape[-1] ** -0.25
-        return (k @ (self.features.T * quarter)).sub_(k.square().sum(-1, keepdim=True) * (quarter * quarter / 2))
+        Chunks are torch.split pieces, not slices: a slice's backward fills a zero tensor as large as
+        the whole input, once per chunk (quadratic in N); split's joins the chunks' gradients once.
+        """
+        batch, kv_heads = k.shape[:2]
+        state, k_max = None, None  # (B, Hkv, m, d+1); (B, Hkv, 1, m), the max of b_i over the keys so far
+        start = 0
+        for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v_ones.split(self.chunk, 2), strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
+            chunk_max = exponent.detach().amax(-2, keepdim=True)
+            new_max = chunk_max if k_max is None else torch.maximum(k_max, chunk_max)
+            summary = exponent.sub_(new_max).exp_().transpose(-1, -2) @ v_chunk
+            state = summary if k_max is None else state.mul_((k_max - new_max).exp_().transpose(-1, -2)).add_(summary)
+            k_max = new_max
+        group = q.shape[1] // kv_heads
+        chunks = [self._query_features(q_chunk, w, k_max) @ state for q_chunk in q.split(self.chunk, 2)]
+        return torch.cat([c.view(batch, kv_heads, group, -1, c.shape[-1]) for c in chunks], dim=3)
+
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Prefix sums over chunks of `causal_chunk` positions; key offset+i sits at query i (bottom-right)."""
+        batch, kv_heads, kv_len = k.shape[:3]
+        group, q_len, size = q.shape[1] // kv_heads, q.shape[2], self.causal_chunk
+        offset = kv_len - q_len
+        # keys before the first query's position are seen by every query: they start the state
+        before = [min(size, offset - s) for s in range(0, offset, size)]
+        sizes = [*before, *(min(size, q_len - s) for s in range(0, q_len, size))]
+        k_chunks, v_chunks = k.split(sizes, 2), v_ones.split(sizes, 2)
+        q_chunks = [None] * len(before) + list(q.split(size, 2))  # None: a chunk of keys before every query
+        state = v_ones.new_zeros(batch, kv_heads, w.shape[-1], v_ones.shape[-1])
+        k_max = v_ones.new_full((batch, kv_heads, 1, w.shape[-1]), -math.inf)
+        chunks, start = [], 0
+        for k_chunk, v_chunk, q_chunk in zip(k_chunks, v_chunks, q_chunks, strict=True):
+            exponent = self._key_exponents(k_chunk, start, w)
+            start += k_chunk.shape[2]
+            new_max = torch.maximum(k_max, exponent.detach().amax(-2, keepdim=True))
+            # -inf - -inf before any valid key: a state of zeros stays zero whatever its factor
+            state = state * (k_max - new_max).nan_to_num_(0.0).exp_().transpose(-1, -2)
+            k_max = new_max
+            phi_k = exponent.sub_(new_max).exp_()
+            if q_chunk is not None:
+                c = q_chunk.shape[2]
+                phi_q = self._query_features(q_chunk, w, new_max).view(batch, kv_heads, group, c, -1)
+                within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * self.chunk_causal[:c, :c]  # (B, Hkv, G, c, c)
+                chunks.append(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
+            state = state + phi_k.transpose(-1, -2) @ v_chunk
+        return torch.cat(chunks, dim=3)
 
     def decode_state(self, k: torch.Tensor, v: torch.Tensor) -> RecurrentState:
         """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, m, d+1) of the context, features
         stabilised by their max exponent c over it (kept beside S): fixed in L. Features are never redrawn here."""
         k, v = k.to(self.compute_dtype), v.to(self.compute_dtype)
-        exponents = self._key_exponents(k)
+        exponents = self._key_exponents(k, None, self.features.T * k.shape[-1] ** -0.25)
         stabiliser = exponents.amax(-2, keepdim=True)  # (B, Hkv, 1, m)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
         return RecurrentState(exponents.sub_(stabiliser).exp_().transpose(-1, -2) @ v_ones, k.shape[2], stabiliser)
@@ -147,11 +192,12 @@ class PerformerAttention(Attention):
         exponent, as an online softmax rescales), each new query reads S plus the new keys up to its own."""
         compute, steps, head_dim, out_dtype = self.compute_dtype, q.shape[2], q.shape[3], q.dtype
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
-        exponents = self._key_exponents(k)  # (B, Hkv, T, m)
+        w = self.features.T * head_dim**-0.25
+        exponents = self._key_exponents(k, None, w)  # (B, Hkv, T, m)
         stabiliser = torch.maximum(state.stabiliser, exponents.amax(-2, keepdim=True))
         sums = state.sums * (state.stabiliser - stabiliser).exp_().transpose(-1, -2)  # (B, Hkv, m, d+1)
         phi_k = exponents.sub_(stabiliser).exp_()
-        q_exponent = grouped_queries(q @ (self.features.T * head_dim**-0.25), k.shape[1]).add_(stabiliser)
+        q_exponent = grouped_queries(q @ w, k.shape[1]).add_(stabiliser)
         phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp_()  # (B, Hkv, G*T, m)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
         mask = new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
@@ -194,7 +240,7 @@ def _flops(problem: Problem, hparams: dict) -> float:
     time="N*m*d",
     memory="N*m",
     flops=_flops,
-    oracle_hparams={"num_features": 32, "causal_chunk": 7},
+    oracle_hparams={"num_features": 32, "causal_chunk": 7, "chunk": 9},
     decode=True,
 )
 def performer(
@@ -204,6 +250,7 @@ def performer(
     redraw: bool = False,
     seed: int = 0,
     causal_chunk: Annotated[int, AtLeast(1)] = 128,
+    chunk: Annotated[int, AtLeast(1)] = DEFAULT_CHUNK,
 ) -> Attention:
     """Performer FAVOR+: positive orthogonal random features, softmax kernel estimated in O(N*m*d)."""
-    return PerformerAttention(problem, num_features, redraw, seed, causal_chunk)
+    return PerformerAttention(problem, num_features, redraw, seed, causal_chunk, chunk)

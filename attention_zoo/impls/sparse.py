@@ -12,10 +12,12 @@ The window convention, shared with flex.py through `window_predicate` so it live
 
 The computation is Longformer's chunked band: queries are cut into blocks of `block` rows; block c
 attends one contiguous key slab of block + window + right keys (right = window, or 0 when causal),
-read as a strided view of the zero-padded K and V, so scores are (blocks, block, slab) and the
-N x N score matrix never exists. Global keys are g extra score columns softmaxed together with the
-slab (and masked inside the slab so no key counts twice); the at most g global query rows are
-computed as full rows and written over their banded rows.
+read as a strided view of K and V (zero keys past the ends). band_kernel.py runs the blocks `chunk` at a time,
+so the scores that exist at once are (chunk, G*block, slab + g) and extra memory is O(N*D): no N x N
+score matrix, and no (blocks, block, slab) one either, in the forward pass or the backward. Global
+keys are g extra score columns softmaxed together with the slab (and masked inside the slab so no
+key counts twice); the at most g global query rows are computed as full rows and written over their
+banded rows.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.decode import RingCache, grouped_queries
+from attention_zoo.impls.band_kernel import DEFAULT_BLOCK, DEFAULT_CHUNK, BandChunks, BandFunction
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
@@ -80,35 +83,38 @@ def window_allowed(problem: Problem, window: int, global_tokens: int) -> torch.T
 class BandLayout:
     """The block geometry of the banded computation and its masks, all O(N*(w+g)) in size."""
 
-    def __init__(self, problem: Problem, window: int, global_tokens: int) -> None:
+    def __init__(self, problem: Problem, window: int, global_tokens: int, block: int) -> None:
         self.problem = problem
         self.window = window
         self.global_tokens = min(global_tokens, problem.kv_len)
-        # half a window per block keeps the slab overhead (block + 2w) / (2w + 1) near 1.25
-        self.block = max(1, window // 2)
+        self.block = block
+        self.ahead = 0 if problem.causal else window  # keys a query sees right of its own position
         self.blocks = math.ceil(problem.q_len / self.block)
-        self.slab = self.block + window + (0 if problem.causal else window)
+        self.slab = self.block + window + self.ahead
         # padded key index t holds key position t + first_key; block c's slab starts at t = c * block
         self.first_key = problem.causal_offset - window
-        self.padded_len = (self.blocks - 1) * self.block + self.slab
         offset = problem.causal_offset
         # global query rows are the queries whose position lies in 0..g-1
         self.global_rows = range(max(0, -offset), max(0, min(problem.q_len, self.global_tokens - offset)))
 
-    def masks(self, device: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def masks(
+        self, device: str | None = None, blocks: range | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """bool masks, True = attend: slab (B', nb, b, slab), global keys (B', nb, b, g), global rows (B', 1, r, Nk).
 
-        B' is 1 without padding (every sequence shares the masks). Slab keys below g are masked out:
-        the global-key columns carry them. Built on the problem's device unless another is given.
+        B' is 1 without padding (every sequence shares the masks); `blocks` picks some blocks (default all).
+        Slab keys below g are masked out: the global-key columns carry them. Built on the problem's
+        device unless another is given.
         """
         problem = self.problem
         if device is not None:
             problem = dataclasses.replace(problem, device=device)
         device = problem.device
+        blocks = range(self.blocks) if blocks is None else blocks
         allowed = window_predicate(problem, self.window, self.global_tokens)
         batches = problem.batch if problem.kv_valid_lens is not None else 1
         batch_idx = torch.arange(batches, device=device)[:, None, None, None]
-        block_start = torch.arange(self.blocks, device=device)[:, None, None] * self.block
+        block_start = torch.arange(blocks.start, blocks.stop, device=device)[:, None, None] * self.block
         q_idx = block_start + torch.arange(self.block, device=device)[:, None]  # (nb, b, 1)
         kv_idx = block_start + self.first_key + torch.arange(self.slab, device=device)  # (nb, 1, slab)
         slab = allowed(batch_idx, q_idx, kv_idx) & (kv_idx >= self.global_tokens)
@@ -116,6 +122,19 @@ class BandLayout:
         rows = torch.arange(self.global_rows.start, self.global_rows.stop, device=device)[:, None]
         global_rows = allowed(batch_idx, rows, torch.arange(problem.kv_len, device=device))
         return slab, global_keys, global_rows
+
+    def band(self) -> torch.Tensor:
+        """bool (b, slab): the mask every interior block shares, row r attending slab keys r .. r + window + ahead."""
+        row = torch.arange(self.block, device=self.problem.device)[:, None]
+        key = torch.arange(self.slab, device=self.problem.device)
+        return (key >= row) & (key <= row + self.window + self.ahead)
+
+    def is_edge(self) -> torch.Tensor:
+        """bool (nb,): blocks whose slab reaches past the band's interior (key padding, keys below g, the ends)."""
+        problem = self.problem
+        min_valid = min(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
+        first = torch.arange(self.blocks) * self.block + self.first_key
+        return (first < self.global_tokens) | (first + self.slab > min_valid)
 
     def computed_pairs(self) -> int:
         """(query, key) score pairs computed per head, summed over the batch (padding rows and slab waste included)."""
@@ -132,25 +151,43 @@ class BandLayout:
         return total if banded.shape[0] == self.problem.batch else total * self.problem.batch
 
 
-class SlidingWindowAttention(Attention):
-    """Banded attention by query blocks against contiguous key slabs; GQA by broadcasting, no K/V copy per head."""
+def _stacked(bias: torch.Tensor, group: int) -> torch.Tensor:
+    """(B', n, b, X) -> (B', n, G*b, X): one block's rows repeated for each query head of a K/V group."""
+    batches, blocks, block, width = bias.shape
+    return bias[:, :, None].expand(batches, blocks, group, block, width).reshape(batches, blocks, group * block, width)
 
-    def __init__(self, problem: Problem, window: int, global_tokens: int) -> None:
+
+class SlidingWindowAttention(Attention):
+    """Banded attention by query blocks against contiguous key slabs (band_kernel.py); GQA without copying K or V."""
+
+    def __init__(self, problem: Problem, window: int, global_tokens: int, block: int, chunk: int) -> None:
         super().__init__(problem)
         self.window, self.global_tokens = window, global_tokens
         self.scale = 1.0 / math.sqrt(problem.head_dim)
-        self.layout = layout = BandLayout(problem, window, global_tokens)
-        slab, global_keys, global_rows = layout.masks()
-        live = slab.any(-1) | global_keys.any(-1)  # (B', nb, b)
-        # a row with no key would softmax to NaN (and poison gradients): give it finite scores, zero its output
-        slab |= ~live[..., None]
-        global_keys |= ~live[..., None]
+        self.layout = layout = BandLayout(problem, window, global_tokens, block)
+        dtype = problem.compute_dtype  # float32 scores and sums for half-precision inputs
+        group = problem.q_heads // problem.kv_heads
+        batches = problem.batch if problem.kv_valid_lens is not None else 1
+        live = torch.ones(batches, layout.blocks, block, dtype=torch.bool, device=problem.device)
+        edge_bias = {}
+        is_edge = layout.is_edge()
+        for start in range(0, layout.blocks, chunk):
+            blocks = range(start, min(start + chunk, layout.blocks))
+            if not is_edge[blocks.start : blocks.stop].any():
+                continue
+            slab, global_keys, _ = layout.masks(blocks=blocks)
+            live[:, blocks.start : blocks.stop] = slab.any(-1) | global_keys.any(-1)
+            # a row with no key would softmax to NaN (and poison gradients): give it finite scores, zero its output
+            dead = ~live[:, blocks.start : blocks.stop, :, None]
+            edge_bias[start] = (
+                _stacked(additive_bias(slab | dead, dtype), group),
+                _stacked(additive_bias(global_keys | dead, dtype), group) if layout.global_tokens else None,
+            )
+        self.chunks = BandChunks(layout.blocks, chunk, additive_bias(layout.band(), dtype).repeat(group, 1), edge_bias)
         dead_queries = ~live.flatten(1)[:, : problem.q_len]
         dead_queries[:, layout.global_rows.start : layout.global_rows.stop] = False
-        dtype = problem.compute_dtype  # float32 scores and sums for half-precision inputs
         self.row_keep = live[:, None, :, None, :, None].to(dtype) if dead_queries.any() else None
-        self.slab_bias = additive_bias(slab, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, slab)
-        self.global_key_bias = additive_bias(global_keys, dtype)[:, None, :, None]  # (B', 1, nb, 1, b, g)
+        _, _, global_rows = layout.masks(blocks=range(0))
         self.global_row_bias = additive_bias(global_rows, dtype)[:, :, None]  # (B', 1, 1, r, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -160,27 +197,16 @@ class SlidingWindowAttention(Attention):
         batch, kv_heads, kv_len, head_dim = k.shape
         q_len, group, block, blocks = q.shape[2], q.shape[1] // kv_heads, layout.block, layout.blocks
         g = layout.global_tokens
-        # queries: (B, Hq, Nq, D) -> (B, Hkv, nb, G*b, D), the G heads sharing a K/V head stacked per block
-        q_blocks = F.pad(q * self.scale, (0, 0, 0, blocks * block - q_len))
+        # queries: (B, Hq, Nq, D) -> (B*Hkv, nb, G*b, D), the G heads sharing a K/V head stacked per block
+        # (a view for MHA when N is a multiple of the block; the kernel scales the scores)
+        q_blocks = q if blocks * block == q_len else F.pad(q, (0, 0, 0, blocks * block - q_len))
         q_blocks = q_blocks.view(batch, kv_heads, group, blocks, block, head_dim).transpose(2, 3)
-        q_blocks = q_blocks.reshape(batch, kv_heads, blocks, group * block, head_dim)
-        # keys: zero-padded so block c's slab is padded[c*b : c*b + slab]; unfold gives overlapping views
-        front = -layout.first_key
-        back = layout.padded_len - front - kv_len
-        k_slabs = F.pad(k, (0, 0, front, back)).unfold(2, layout.slab, block)  # (B, Hkv, nb, D, slab)
-        v_slabs = F.pad(v, (0, 0, front, back)).unfold(2, layout.slab, block).transpose(-1, -2)
-        scores = (q_blocks @ k_slabs).view(batch, kv_heads, blocks, group, block, layout.slab)
-        scores += self.slab_bias
-        if g:
-            global_scores = (q_blocks @ k[:, :, None, :g].transpose(-1, -2)).view(
-                batch, kv_heads, blocks, group, block, g
-            )
-            global_scores += self.global_key_bias
-            scores = torch.cat([scores, global_scores], dim=-1)
-        probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, blocks, group * block, layout.slab + g)
-        out = probs[..., : layout.slab] @ v_slabs
-        if g:
-            out = out + probs[..., layout.slab :] @ v[:, :, None, :g]
+        q_blocks = q_blocks.reshape(batch * kv_heads, blocks, group * block, head_dim)
+        k_flat, v_flat = (x.reshape(batch * kv_heads, kv_len, head_dim) for x in (k, v))
+        k_global, v_global = (x[:, :g] if g else None for x in (k_flat, v_flat))
+        out = BandFunction.apply(
+            q_blocks, k_flat, v_flat, k_global, v_global, self.chunks, kv_heads, block, layout.first_key
+        )
         out = out.view(batch, kv_heads, blocks, group, block, head_dim)
         if self.row_keep is not None:
             out = out * self.row_keep
@@ -226,28 +252,51 @@ class SlidingWindowAttention(Attention):
         return out.view(q.shape).to(q.dtype), ring
 
 
+def _layout(problem: Problem, hparams: Mapping[str, Any]) -> BandLayout:
+    """The layout an entry's hyperparameters give (flex's have no block: its pair count does not depend on one)."""
+    window = hparams["window"]
+    return BandLayout(problem, window, hparams.get("global_tokens", 0), hparams.get("block") or default_block(window))
+
+
 def band_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     """Useful forward FLOPs: the (query, key) pairs inside the window pattern."""
-    layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
-    return 4.0 * problem.q_heads * problem.head_dim * layout.attended_pairs()
+    return 4.0 * problem.q_heads * problem.head_dim * _layout(problem, hparams).attended_pairs()
 
 
 def computed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     """Executed forward FLOPs of the banded computation: every computed score pair, slab waste included."""
-    layout = BandLayout(problem, hparams["window"], hparams.get("global_tokens", 0))
-    return 4.0 * problem.q_heads * problem.head_dim * layout.computed_pairs()
+    return 4.0 * problem.q_heads * problem.head_dim * _layout(problem, hparams).computed_pairs()
+
+
+def default_block(window: int) -> int:
+    """Queries per block when none is given: the tile sweep's best, but no more than the window (the slab
+    is block + 2*window keys, so a block past the window would mostly compute masked scores)."""
+    return max(1, min(DEFAULT_BLOCK, window))
 
 
 BANDED = {"family": "sparse", "exact": False, "flops": band_flops, "flops_executed": computed_flops, "decode": True}
+Block = Annotated[int | None, AtLeast(1)]  # query rows per block; None: default_block(window)
+Chunk = Annotated[int, AtLeast(1)]  # blocks whose scores exist at once
 
 
-@register(time="N*w", memory="N*w", oracle_hparams={"window": 5}, **BANDED)
-def sliding_window(problem: Problem, *, window: Window = 256) -> Attention:
+@register(time="N*w", memory="N", oracle_hparams={"window": 5, "block": 4, "chunk": 3}, **BANDED)
+def sliding_window(
+    problem: Problem, *, window: Window = 256, block: Block = None, chunk: Chunk = DEFAULT_CHUNK
+) -> Attention:
     """Sliding-window attention: query at key position p attends keys within `window` of p, in O(N*w)."""
-    return SlidingWindowAttention(problem, window, 0)
+    return SlidingWindowAttention(problem, window, 0, block or default_block(window), chunk)
 
 
-@register(time="N*(w+g)", memory="N*(w+g)", oracle_hparams={"window": 5, "global_tokens": 3}, **BANDED)
-def window_global(problem: Problem, *, window: Window = 256, global_tokens: GlobalTokens = 16) -> Attention:
+@register(
+    time="N*(w+g)", memory="N", oracle_hparams={"window": 5, "global_tokens": 3, "block": 4, "chunk": 3}, **BANDED
+)
+def window_global(
+    problem: Problem,
+    *,
+    window: Window = 256,
+    global_tokens: GlobalTokens = 16,
+    block: Block = None,
+    chunk: Chunk = DEFAULT_CHUNK,
+) -> Attention:
     """Longformer attention: a sliding window plus the first `global_tokens` positions attending and attended by all."""
-    return SlidingWindowAttention(problem, window, global_tokens)
+    return SlidingWindowAttention(problem, window, global_tokens, block or default_block(window), chunk)

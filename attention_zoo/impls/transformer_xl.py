@@ -120,13 +120,20 @@ class TransformerXLAttention(Attention):
         out_dtype = q.dtype
         q, k, v = (x.to(self.problem.compute_dtype) for x in (q, k, v))
         kv_heads, seq_len = k.shape[1], k.shape[2]
+        # segments by torch.split, not slices: a slice's backward zero-fills a tensor as large as the whole
+        # input, once per segment (quadratic in N); split's joins the segments' gradients once
+        segments = zip(*(x.split(self.segment_len, 2) for x in (q, k, v)), strict=True)
+        # without gradients for K or V the memory needs no detaching: each span is one view, no copy
+        keep_graph = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+        k_memory, v_memory = k.detach(), v.detach()
         outputs = []
-        for start in range(0, seq_len, self.segment_len):
+        for start, (q_seg, k_seg, v_seg) in zip(range(0, seq_len, self.segment_len), segments, strict=True):
             stop, mem_start = min(start + self.segment_len, seq_len), max(start - self.mem_len, 0)
-            # the memory is detached: no gradient flows into positions of earlier segments
-            k_span = torch.cat([k[:, :, mem_start:start].detach(), k[:, :, start:stop]], dim=2)
-            v_span = torch.cat([v[:, :, mem_start:start].detach(), v[:, :, start:stop]], dim=2)
-            q_seg = q[:, :, start:stop]
+            if keep_graph:  # the memory is detached: no gradient flows into positions of earlier segments
+                k_span = torch.cat([k_memory[:, :, mem_start:start], k_seg], dim=2)
+                v_span = torch.cat([v_memory[:, :, mem_start:start], v_seg], dim=2)
+            else:
+                k_span, v_span = k_memory[:, :, mem_start:stop], v_memory[:, :, mem_start:stop]
             bias = self.causal_bias[(stop - start, start - mem_start)]
             if self.key_padding_bias is not None:
                 bias = bias + self.key_padding_bias[..., mem_start:stop]  # (B, 1, 1, K)

@@ -17,6 +17,15 @@ from bench.report.measurements import marks
 from bench.rows import FAILED_STATUSES
 
 ERROR_BUDGET = 0.1  # rel. L2 error against full attention an approximate entry may have to count as "within budget"
+# our efficient entries and what each races in the efficiency table: the public packages and compiled
+# kernels computing the same thing, and the exact baseline (causal sdpa_flash in a causal panel)
+RIVALS = {
+    "sliding_window": ("flex_sliding_window", "peer_local_attention", "sdpa_flash"),
+    "window_global": ("flex_global", "sdpa_flash"),
+    "linformer": ("peer_linformer",),
+    "performer": ("peer_performer",),
+    "transformer_xl": ("sdpa_flash",),
+}
 
 
 def _g(value: float, spec: str = ".3g") -> str:
@@ -55,6 +64,30 @@ def speedup_table(speedup: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     wide = wide.map(lambda v: "" if pd.isna(v) else f"{v:.2f}×")
     wide.columns = [f"N={n}" for n in wide.columns]
     return wide.reset_index()
+
+
+def efficiency_table(rows: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """Per ok cell: median ms, % of the run's GEMM rate on useful FLOPs, and for our entries in RIVALS,
+    rival time / our time for each rival measured in the same cell (above 1: ours is faster)."""
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].notna()]
+    if not len(ok):
+        return pd.DataFrame()
+    keys = [*axes, "seq_len"]
+    cells = ok.groupby([*keys, "series", "impl"], dropna=False)[["time_ms_median", "pct_of_gemm"]].median()
+    cells = cells.reset_index().sort_values([*axes, "series", "seq_len"], kind="stable")
+    times = {(*key, series): ms for *key, series, ms in cells[[*keys, "series", "time_ms_median"]].itertuples(False)}
+
+    def ratios(cell) -> str:
+        key = tuple(cell[k] for k in keys)
+        found = [(r, times[(*key, r)]) for r in RIVALS.get(cell["impl"], ()) if (*key, r) in times]
+        return "; ".join(f"{r} {ms / cell['time_ms_median']:.2f}×" for r, ms in found)
+
+    table = cells[[*axes, "series"]].copy()
+    table["N"] = cells["seq_len"].map(_n)
+    table["ms"] = cells["time_ms_median"].map(_g)
+    table["% of GEMM"] = cells["pct_of_gemm"].map(lambda v: _g(v, ".1f"))
+    table["rival time / this time"] = cells.apply(ratios, axis=1)
+    return table
 
 
 def _common_n(rows: pd.DataFrame, baseline: str, keys: Sequence[str]) -> pd.DataFrame:

@@ -252,6 +252,7 @@ def _tables(rows: pd.DataFrame, frames: dict[str, pd.DataFrame], axes: list[str]
         "exponents": analysis.exponent_table(frames["time_fit"], frames["memory_fit"], axes),
         "crossovers": analysis.crossover_table(frames["crossing"], axes, baseline),
         "speedup": analysis.speedup_table(frames["speedup"], axes),
+        "efficiency": analysis.efficiency_table(rows, axes),
         "accuracy": analysis.accuracy_table(frames["accuracy"], axes),
         "status_counts": analysis.status_counts(rows),
         "failed": analysis.not_measured(rows, axes, unsupported=False),
