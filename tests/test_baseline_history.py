@@ -14,13 +14,16 @@ from bench.check.same_host import BASE_COMMIT_FILE
 
 def test_the_same_host_is_comparable():
     assert suite_runs.host_difference(HOST, dict(HOST)) is None
+    reordered = {**HOST, "cpu": {**HOST["cpu"], "flags": sorted(HOST["cpu"].get("flags", []), reverse=True)}}
+    assert suite_runs.host_difference(HOST, reordered) is None
 
 
 @pytest.mark.parametrize(
     ("change", "said"),
     [
         ({"cpu": {**HOST["cpu"], "model": -1}}, f"CPU model {HOST['cpu'].get('model')!r} vs -1"),
-        ({"cpu": {**HOST["cpu"], "flags": [*HOST["cpu"].get("flags", []), "avx512f"]}}, "CPU flags +avx512f"),
+        ({"cpu": {**HOST["cpu"], "flags": [*HOST["cpu"].get("flags", []), "zoo_flag"]}}, "CPU flags +zoo_flag"),
+        ({"cpu": {**HOST["cpu"], "flags": HOST["cpu"].get("flags", [])[1:]}}, "CPU flags -"),
         ({"torch_version": "2.12.0+cpu"}, "torch_version"),
         ({"torch_threads": 2}, "torch_threads 1 vs 2"),
         ({"gpu_name": "NVIDIA H200"}, "gpu_name '' vs 'NVIDIA H200'"),

@@ -184,7 +184,9 @@ def host_difference(recorded: dict, here: dict) -> str | None:
     cpu_recorded, cpu_here = recorded.get("cpu", {}), here.get("cpu", {})
     for field in CPU_FIELDS:
         before, now = cpu_recorded.get(field), cpu_here.get(field)
-        if field == "flags" and before != now:
+        if field == "flags":
+            if set(before or ()) == set(now or ()):  # the same flags, listed in another order or twice
+                continue
             gone, added = sorted(set(before or ()) - set(now or ())), sorted(set(now or ()) - set(before or ()))
             differences.append("CPU flags " + " ".join([f"-{f}" for f in gone] + [f"+{f}" for f in added]))
         elif before != now:
