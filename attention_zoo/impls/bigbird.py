@@ -15,7 +15,8 @@ attended; block 0 is global and holds key 0, which is always real, so no query i
 Computed blockwise, the N x N score matrix never exists: each middle query block gathers its keys and
 values (its slab of w blocks, the global keys, its r random blocks: rows of K fixed at build time, one
 index_select per call) and scores them in one GEMM, softmaxed together; the global query blocks are full
-rows. GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half
+rows. The backward gathers the keys and values again, a few blocks at a time, instead of keeping them.
+GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half
 precision computes scores and softmax in float32 and returns the input dtype. Not causal (random and
 global blocks look ahead) and self-attention only (the pattern pairs query block i with key block i).
 """
@@ -110,6 +111,46 @@ def block_counts_dense(
     return dense_attention(q, k, v, allowed, score_bias=tokens.double().clamp_min(1).log()[None])
 
 
+def _gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows (B, Hq, c, L) of the flattened (B*Hkv*N, D) x, as (B, Hq, c, L, D)."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows.flatten()).view(*rows.shape, x.shape[-1])
+
+
+class GatheredBlockAttention(torch.autograd.Function):
+    """Each query block (B, Hq, nm, bs, D) softmaxed over its gathered key rows (B, Hq, nm, L), plus a bias.
+
+    The gathered keys and values (L rows per block and head, several times K's size) are not kept for the
+    backward: it gathers them again, a few blocks at a time (each chunk about the size of q), and scatters
+    their gradients into dK and dV, so neither pass holds more than the probabilities beside the inputs.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor):
+        probs = torch.softmax((q @ _gather(k, rows).transpose(-1, -2)).add_(bias), dim=-1)  # (B, Hq, nm, bs, L)
+        out = probs @ _gather(v, rows)
+        ctx.save_for_backward(q, k, v, rows, probs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor):
+        q, k, v, rows, probs, out = ctx.saved_tensors
+        k, v = k.contiguous(), v.contiguous()
+        d_q = torch.empty_like(q)
+        d_k, d_v = k.new_zeros(k.shape).view(-1, k.shape[-1]), v.new_zeros(v.shape).view(-1, v.shape[-1])
+        delta = (d_out * out).sum(-1, keepdim=True)  # (B, Hq, nm, bs, 1): the softmax backward's row term
+        blocks, gathered_rows = rows.shape[2], rows.shape[3]
+        chunk = max(1, q.shape[3] * blocks // gathered_rows)  # blocks per chunk: gathered rows about q's size
+        for s in range(0, blocks, chunk):
+            part, p, g = rows[:, :, s : s + chunk], probs[:, :, s : s + chunk], d_out[:, :, s : s + chunk]
+            d_v.index_add_(0, part.flatten(), (p.transpose(-1, -2) @ g).view(-1, v.shape[-1]))
+            d_scores = (g @ _gather(v, part).transpose(-1, -2)).sub_(delta[:, :, s : s + chunk]).mul_(p)
+            d_q[:, :, s : s + chunk] = d_scores @ _gather(k, part)
+            d_k.index_add_(
+                0, part.flatten(), (d_scores.transpose(-1, -2) @ q[:, :, s : s + chunk]).view(-1, k.shape[-1])
+            )
+        return d_q, d_k.view_as(k), d_v.view_as(v), None, None
+
+
 class BigBirdAttention(Attention):
     """Block-sparse attention: middle query blocks against window slab + global keys + gathered random blocks."""
 
@@ -156,12 +197,12 @@ class BigBirdAttention(Attention):
             self.register_buffer(
                 "middle_bias", additive_bias(allowed, self.compute_dtype)[:, :, :, None]
             )  # (B', H, nm, 1, L)
-            # rows of the flattened (B*Hkv*N, D) keys and values that each middle block gathers: (B*H*nm*L,)
+            # rows of the flattened (B*Hkv*N, D) keys and values that each middle block gathers: (B, H, nm, L)
             kv_head = torch.arange(problem.batch, device=device)[:, None] * problem.kv_heads + (
                 torch.arange(heads, device=device) // problem.group_size
             )  # (B, H)
             rows = kv_head[:, :, None, None] * n + columns.clamp(0, n - 1)[None]
-            self.register_buffer("middle_rows", rows.flatten())
+            self.register_buffer("middle_rows", rows)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
@@ -189,13 +230,7 @@ class BigBirdAttention(Attention):
         # queries: (B, Hq, N, D) -> (B, Hq, nm, bs, D)
         q_mid = pad_rows(q, layout.blocks * bs - n)[:, :, first * bs : (first + nm) * bs]
         q_mid = q_mid.reshape(batch, heads, nm, bs, head_dim)
-
-        def gathered(x: torch.Tensor) -> torch.Tensor:  # (B, Hkv, N, D) -> (B, Hq, nm, L, D)
-            return x.reshape(-1, head_dim).index_select(0, self.middle_rows).view(batch, heads, nm, -1, head_dim)
-
-        # one score matrix per block over window slab, global keys and random blocks, masked where not allowed
-        scores = (q_mid @ gathered(k).transpose(-1, -2)).add_(self.middle_bias)  # (B, Hq, nm, bs, L)
-        out = torch.softmax(scores, dim=-1) @ gathered(v)  # (B, Hq, nm, bs, D)
+        out = GatheredBlockAttention.apply(q_mid, k, v, self.middle_rows, self.middle_bias)  # (B, Hq, nm, bs, D)
         return out.view(batch, heads, nm * bs, head_dim)[:, :, : self.back_start - first * bs]
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
