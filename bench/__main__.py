@@ -47,6 +47,15 @@ def hydra_main(cfg: DictConfig) -> None:
                 sys.exit(NOTHING_MEASURED_EXIT)
 
 
+def with_open_hparams(argv: list[str]) -> list[str]:
+    """The command line with `++` before each hyperparameter override.
+
+    Hyperparameters are an open dict (impl -> name -> value): `++` adds a key or replaces it, so that
+    `impls.hparams.performer.num_features=[64,128]` works whether or not the preset already sets it.
+    """
+    return [f"++{a}" if a.startswith(HPARAMS_KEY) else a for a in argv]
+
+
 def main(argv: list[str]) -> None:
     """Check the overrides (or resume a run), then hand over to Hydra; a user error exits 2 with one line.
 
@@ -54,9 +63,7 @@ def main(argv: list[str]) -> None:
     process; with -m, `resume=<folder>,<folder>...` resumes each folder as one job through the launcher
     named (bench/resume_sweep.py).
     """
-    # hyperparameters are an open dict (impl -> name -> value): `++` adds a key or replaces it, so that
-    # `impls.hparams.performer.num_features=[64,128]` works whether or not the preset already sets it
-    argv = [f"++{a}" if a.startswith(HPARAMS_KEY) else a for a in argv]
+    argv = with_open_hparams(argv)
     multirun = any(a in MULTIRUN_FLAGS for a in argv)
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
     try:
