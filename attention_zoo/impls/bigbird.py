@@ -121,7 +121,8 @@ class GatheredBlockAttention(torch.autograd.Function):
 
     The gathered keys and values (L rows per block and head, several times K's size) are not kept for the
     backward: it gathers them again, a few blocks at a time (each chunk about the size of q), and scatters
-    their gradients into dK and dV, so neither pass holds more than the probabilities beside the inputs.
+    their gradients into dK and dV: between the passes only the probabilities are kept beside the inputs,
+    and the backward holds one chunk of gathered rows at a time (the forward still gathers all of them once).
     """
 
     @staticmethod
