@@ -72,9 +72,12 @@ def normalised_max_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def error_metrics(out: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
-    """How far an output lands from exact attention: relative L2 and max abs."""
-    diff = out.double() - exact.double()
+    """How far an output lands from exact attention: relative L2, max abs, and the mean over query rows of the
+    cosine similarity of each output row with the exact one (1 is the same direction)."""
+    out, exact = out.double(), exact.double()
+    diff = out - exact
     return {
-        "error_rel_l2": (diff.norm() / exact.double().norm().clamp_min(1e-30)).item(),
+        "error_rel_l2": (diff.norm() / exact.norm().clamp_min(1e-30)).item(),
         "error_max_abs": diff.abs().max().item(),
+        "error_cosine": torch.nn.functional.cosine_similarity(out, exact, dim=-1).mean().item(),
     }

@@ -20,7 +20,8 @@ from bench.errors import UserError
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
 IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
-    "kv_len", "head_dim", "causal", "padding", "lengths", "decode_tokens", "dtype", "device", "seq_len", "hparams",
+    "kv_len", "head_dim", "causal", "padding", "lengths", "inputs", "decode_tokens", "dtype", "device", "seq_len",
+    "hparams",
 ]  # fmt: skip
 DEVICE_COLUMNS = [  # bench.sweep.environment.device_environment, besides device_name
     "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",
@@ -35,14 +36,14 @@ MEASURED_COLUMNS = [
     "bytes_useful", "bytes_executed",
     "time_per_token_ms", "bytes_read", "state_bytes", "bytes_per_s", "bandwidth_bytes_per_s", "pct_of_bandwidth",
     "copy_bytes_per_s", "read_bytes_per_s",
-    "error_rel_l2", "error_max_abs",
+    "error_rel_l2", "error_max_abs", "error_cosine", "needle_recall",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
     *DEVICE_COLUMNS,
     "started", "timestamp", "exclusive",
 ]  # fmt: skip
 # empty means "", not missing
-TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "slurm_job_id", "kernel", "cuda_version", "cudnn_version",
-                "driver_version", "compute_capability", "flash_version"]  # fmt: skip
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "inputs", "slurm_job_id", "kernel", "cuda_version",
+                "cudnn_version", "driver_version", "compute_capability", "flash_version"]  # fmt: skip
 # every row's status: measured, or why not (the entry cannot run it, predicted too big, out of memory, past its
 # time limit, failed); the failed ones are drawn where they failed
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error")
@@ -84,6 +85,8 @@ def read_rows_csv(path: Path) -> pd.DataFrame:
     rows = pd.read_csv(io.StringIO(text), low_memory=False, dtype=dict.fromkeys(TEXT_COLUMNS, str))
     text_columns = [c for c in TEXT_COLUMNS if c in rows.columns]  # rows written before a column existed lack it
     rows[text_columns] = rows[text_columns].fillna("")
+    # every row written before the inputs axis existed was drawn i.i.d.
+    rows["inputs"] = rows["inputs"].replace("", "iid") if "inputs" in rows.columns else "iid"
     return rows
 
 

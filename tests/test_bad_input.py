@@ -71,6 +71,8 @@ BENCH = {
     "decode with padding": (["sweep.modes=decode", "sweep.causal=true", "sweep.padding=0.5"], "caches are whole"),
     "unknown lengths": (["sweep.lengths=zipf"], "sweep.lengths='zipf' is unknown"),
     "lengths and padding": (["sweep.lengths=uniform", "sweep.padding=0.5"], "give one of them"),
+    "unknown inputs": (["sweep.inputs=[iid,needle]"], "sweep.inputs value 'needle' is unknown: allowed are iid, local"),
+    "inputs not a name": (["sweep.inputs=3"], "sweep.inputs value 3 is invalid"),
     "unknown preset": (["sweep=quik"], "quik"),
     "bad job of a multirun": (["-m", "sweep.head_dims=[64],[-1]"], "-1"),
     "comma list without -m": (["sweep.modes=fwd,bwd"], "sweep.modes=fwd,bwd sweeps several values: add -m"),

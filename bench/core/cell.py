@@ -24,6 +24,7 @@ class Cell:
     hparams: Mapping[str, Any]
     padding: float  # the sweep's padding fraction that produced problem.kv_valid_lens
     lengths: str = ""  # the sweep's length distribution that drew problem.kv_valid_lens ("": none)
+    inputs: str = "iid"  # the distribution q, k, v are drawn from (attention_zoo/inputs.py)
 
     @property
     def seq_len(self) -> int:
@@ -36,6 +37,8 @@ class Cell:
         spec = {"impl": self.impl, "mode": self.mode, "hparams": dict(self.hparams), **dataclasses.asdict(self.problem)}
         if self.lengths:  # (kept out otherwise: the ids of runs from before the field existed stay valid)
             spec["lengths"] = self.lengths
+        if self.inputs != "iid":  # (likewise)
+            spec["inputs"] = self.inputs
         return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

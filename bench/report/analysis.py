@@ -7,6 +7,7 @@ functions turn them into frames of display strings shared by report.html and rep
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -177,6 +178,10 @@ def accuracy_table(accuracy: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     table["N"] = ordered["seq_len"].map(_n)
     table["error_rel_l2"] = ordered["error_rel_l2"].map(_g)
     table["error_max_abs"] = ordered["error_max_abs"].map(_g)
+    if "error_cosine" in ordered and ordered["error_cosine"].notna().any():
+        table["cosine"] = ordered["error_cosine"].map(_g)
+    if "needle_recall" in ordered and ordered["needle_recall"].notna().any():  # retrieval inputs
+        table["needle recall"] = ordered["needle_recall"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
     table["time (ms)"] = ordered["time_ms_median"].map(_g)
     table["speedup"] = ordered["speedup"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}×")
     return table
@@ -297,6 +302,12 @@ def _crossover_lines(here: pd.DataFrame, baseline: str) -> list[str]:
     return items
 
 
+def _recall_text(cell: dict) -> str:
+    """', found N% of needles' for a cell measured on retrieval inputs, else ''."""
+    recall = cell.get("needle_recall", math.nan)
+    return "" if pd.isna(recall) else f", found {100 * recall:.0f}% of needles"
+
+
 def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, error_budget: float, baseline: str) -> list[dict]:
     """Per panel, at the largest N: fastest exact, fastest approximate within the error budget, least memory;
     crossovers (only from >= 3 N), and the series that did not finish there."""
@@ -313,8 +324,8 @@ def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, error_budget: float, b
         approximate = at_n[~at_n["exact"].astype(bool)]
         if len(within):
             ranked = within.sort_values("time_ms_median").drop_duplicates("series").head(3)
-            parts = [f"{c['series']} {_ms(c['time_ms_median'])}{marks(c)} (error {_g(c['error_rel_l2'])})"
-                     for c in ranked.to_dict("records")]  # fmt: skip
+            parts = [f"{c['series']} {_ms(c['time_ms_median'])}{marks(c)} (error {_g(c['error_rel_l2'])}"
+                     f"{_recall_text(c)})" for c in ranked.to_dict("records")]  # fmt: skip
             items.append(
                 f"Fastest approximate with rel. L2 error <= {error_budget:g} at N={n}: " + ", ".join(parts) + "."
             )

@@ -210,6 +210,15 @@ def speedup_figure(speedup: pd.DataFrame, baseline: str, styles: dict):
     return figure
 
 
+def frontier(cells: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto frontier of (time, error): cells no other cell beats on both, fastest first."""
+    ordered = cells[cells["time_ms_median"].notna() & cells["error_rel_l2"].notna()].sort_values(
+        ["time_ms_median", "error_rel_l2"]
+    )
+    best_faster = ordered["error_rel_l2"].cummin().shift(fill_value=math.inf)  # lowest error of the faster cells
+    return ordered[ordered["error_rel_l2"] < best_faster]
+
+
 def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: dict, styles: dict):
     """error_rel_l2 against time for approximate entries: rows are panels, columns the chosen N.
 
@@ -229,6 +238,11 @@ def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: di
             for i, cell in enumerate(own.itertuples(index=False)):
                 ax.annotate(cell.hp_label, (cell.time_ms_median, cell.error_rel_l2), xytext=(4, 5 if i % 2 else -11),
                             textcoords="offset points", fontsize=FONT_PT - 3, color=style.colour(impl))  # fmt: skip
+        front = frontier(cells)
+        if len(front):
+            ax.step(front["time_ms_median"], front["error_rel_l2"], where="post", color="grey", linestyle=":",
+                    linewidth=2, zorder=0, label="frontier")  # fmt: skip
+            ax.scatter(front["time_ms_median"], front["error_rel_l2"], s=140, facecolors="none", edgecolors="grey")
         if (panel, n) in baseline_ms:
             ax.axvline(baseline_ms[(panel, n)], color="black", linewidth=1.2, label="baseline time")
         ax.set(xscale="log", yscale="log", xlabel="time (ms, median)", ylabel="rel. L2 error vs full")

@@ -37,6 +37,7 @@ AXES = (
     "kv",
     "padding",
     "lengths",
+    "inputs",
     "decode_tokens",
 )
 ENV_COLUMNS = (

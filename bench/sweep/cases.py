@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import attention_zoo
 from attention_zoo import Problem
+from attention_zoo.inputs import INPUTS
 from bench.core.cell import Cell
 from bench.core.modes import MODES
 from bench.errors import BenchConfigError
@@ -149,7 +150,7 @@ def _hparam_grid(name: str, overrides: Mapping[str, Any]) -> list[dict[str, Any]
 
 
 def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
-    """All cells of a config, in run order: shortest sequences first, then impl, hyperparameters, mode."""
+    """All cells of a config, in run order: shortest sequences first, then inputs, impl, hyperparameters, mode."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     validate_options(plain)
     impls, sweep = plain["impls"], plain["sweep"]
@@ -162,7 +163,8 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     modes = _axis(sweep, "modes", (str,), tuple(MODES))
     # counted before anything is expanded: a grid of a million cells would take minutes just to list
     per_problem = len(modes) - ("decode" in modes) + ("decode" in modes) * len(_axis(sweep, "decode_tokens", (int,)))
-    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * per_problem
+    inputs = _axis(sweep, "inputs", (str,), INPUTS)
+    count = math.prod(map(len, _grid_axes(sweep))) * len(inputs) * sum(map(len, grids.values())) * per_problem
     if count > sweep["max_cells"]:
         raise BenchConfigError(
             f"the grid has {count:,} cells, more than sweep.max_cells={sweep['max_cells']:,}: "
@@ -171,14 +173,15 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     cells = []
     problems = _problems(sweep, plain["seed"])
     passes = [mode for mode in modes if mode != "decode"]
-    for problem, padding, lengths in problems if passes else []:
+    # inputs outside the entries: the worker draws each problem's inputs once per distribution
+    for (problem, padding, lengths), drawn in itertools.product(problems if passes else [], inputs):
         for name in names:
             for hparams in grids[name]:
                 attention_zoo.get(name).resolve_hparams(hparams, problem)  # rules on the problem (>= kv_len)
-                cells += [Cell(name, problem, mode, hparams, padding, lengths) for mode in passes]
-    for problem in _decode_problems(sweep, problems) if "decode" in modes else []:
+                cells += [Cell(name, problem, mode, hparams, padding, lengths, drawn) for mode in passes]
+    for problem, drawn in itertools.product(_decode_problems(sweep, problems) if "decode" in modes else [], inputs):
         for name in names:
             for hparams in grids[name]:
                 attention_zoo.get(name).resolve_hparams(hparams, problem)
-                cells.append(Cell(name, problem, "decode", hparams, 0.0))
+                cells.append(Cell(name, problem, "decode", hparams, 0.0, inputs=drawn))
     return cells

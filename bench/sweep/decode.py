@@ -15,9 +15,11 @@ import torch
 
 import attention_zoo
 from attention_zoo import Problem, error_metrics
+from attention_zoo.inputs import Inputs
 from attention_zoo.reference import expand_kv_heads
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
+from bench.sweep.accuracy import needle_recall
 from bench.sweep.timing import measured_columns, synchronize, timer_for
 
 REFERENCE_KEYS = 4096  # keys per float64 chunk of the exact reference
@@ -44,10 +46,10 @@ def exact_decode(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return acc / row_sum
 
 
-def measure_decode(cell: Cell, timing: dict[str, Any], inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+def measure_decode(cell: Cell, timing: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     """The measured columns of one decode cell: setup (build + state), step times, bytes, state size, error."""
     problem, device_type = cell.problem, cell.problem.device_type
-    q, k, v = inputs  # q (B, Hq, T, D): the new queries; k, v (B, Hkv, L+T, D)
+    q, k, v = inputs.q, inputs.k, inputs.v  # q (B, Hq, T, D): the new queries; k, v (B, Hkv, L+T, D)
     context = problem.kv_len - problem.q_len
     k_new, v_new = k[:, :, context:], v[:, :, context:]
 
@@ -69,6 +71,7 @@ def measure_decode(cell: Cell, timing: dict[str, Any], inputs: tuple[torch.Tenso
     state_bytes = stepped.nbytes  # what the step read: the state with its own T tokens in it
     with torch.no_grad():
         error = error_metrics(out, exact_decode(problem, q, k, v))
+        error["needle_recall"] = needle_recall(out, v, inputs.needles, problem.allowed_mask())
     return {
         **measured_columns(setup_ms, samples, peak_bytes, impl.kernel),
         "bytes_read": state_bytes + q.nbytes,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
 import attention_zoo
 from attention_zoo import Problem
+from attention_zoo.inputs import Inputs, draw_inputs
 from bench.core.calls import mode_calls
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
@@ -16,30 +15,33 @@ from bench.sweep.accuracy import error_vs_exact
 from bench.sweep.decode import measure_decode
 from bench.sweep.timing import measured_columns, on_device, synchronize, timer_for
 
-_INPUTS: dict[tuple[Problem, int], tuple[torch.Tensor, ...]] = {}  # see cell_inputs
+_INPUTS: dict[tuple[Problem, str, int], Inputs] = {}  # see cell_inputs
 
 
-def cell_inputs(problem: Problem, seed: int, requires_grad: bool) -> tuple[torch.Tensor, ...]:
-    """Fresh copies of the problem's inputs, drawn once per problem (make_inputs draws in float64 on the host:
-    seconds at N = 16k); cells run problem by problem, so the latest problem's are kept, on its device."""
-    key = (problem, seed)
+def cell_inputs(problem: Problem, seed: int, requires_grad: bool, distribution: str = "iid") -> Inputs:
+    """Fresh copies of the problem's inputs, drawn once per problem and distribution (drawn in float64 on the
+    host: seconds at N = 16k); cells run problem by problem, so the latest problem's are kept, on its device."""
+    key = (problem, distribution, seed)
     if key not in _INPUTS:
         _INPUTS.clear()  # the previous problem's go before this one's are drawn
-        _INPUTS[key] = problem.make_inputs(seed=seed)
-    return tuple(x.clone().requires_grad_(requires_grad) for x in _INPUTS[key])
+        _INPUTS[key] = draw_inputs(problem, distribution, seed)
+    drawn = _INPUTS[key]
+    q, k, v = (x.clone().requires_grad_(requires_grad) for x in (drawn.q, drawn.k, drawn.v))
+    return Inputs(q, k, v, drawn.needles)
 
 
 def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     """The measured columns of one cell's row; an exception propagates to the worker, which records it."""
     with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
         if cell.mode == "decode":
-            return measure_decode(cell, timing, cell_inputs(cell.problem, seed, requires_grad=False))
+            return measure_decode(cell, timing, cell_inputs(cell.problem, seed, False, cell.inputs))
         return _measure_on_device(cell, timing, seed)
 
 
 def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any]:
     problem, device_type = cell.problem, cell.problem.device_type
-    q, k, v = cell_inputs(problem, seed, requires_grad=cell.mode != "fwd")  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
+    inputs = cell_inputs(problem, seed, cell.mode != "fwd", cell.inputs)
+    q, k, v = inputs.q, inputs.k, inputs.v  # q (B,Hq,Nq,D); k, v (B,Hkv,Nk,D)
 
     # setup: build (projections, masks, compiled code) and warm up, timed together as setup_ms
     started = time.perf_counter()
@@ -58,6 +60,6 @@ def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[st
     # peak memory of one more call, apart from timing; its forward output gives the error
     state = prepare()
     peak_bytes, out = measure_peak(device_type, lambda: run(state))
-    error = error_vs_exact(problem, out.detach(), q.detach(), k.detach(), v.detach())
+    error = error_vs_exact(problem, out, inputs)
 
     return {**measured_columns(setup_ms, samples, peak_bytes, impl.kernel), **error}

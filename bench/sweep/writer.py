@@ -64,6 +64,7 @@ def cell_columns(cell: Cell) -> dict[str, Any]:
         "causal": p.causal,
         "padding": cell.padding,
         "lengths": cell.lengths,
+        "inputs": cell.inputs,
         "decode_tokens": p.q_len if cell.mode == "decode" else None,
         "dtype": p.dtype,
         "device": p.device,
