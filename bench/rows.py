@@ -18,10 +18,12 @@ from attention_zoo.natural_sort import natural_key
 from bench.errors import UserError
 
 ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
+# recall mode's task and training budget (bench/tasks; the recall config), empty in other rows
+TASK_COLUMNS = ["task", "kv_pairs", "steps", "vocab_size", "learning_rate", "layers"]
 IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
     "kv_len", "head_dim", "causal", "padding", "lengths", "inputs", "decode_tokens", "dtype", "device", "seq_len",
-    "hparams",
+    "hparams", *TASK_COLUMNS,
 ]  # fmt: skip
 DEVICE_COLUMNS = [  # bench.sweep.environment.device_environment, besides device_name
     "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",
@@ -37,12 +39,13 @@ MEASURED_COLUMNS = [
     "time_per_token_ms", "bytes_read", "state_bytes", "bytes_per_s", "bandwidth_bytes_per_s", "pct_of_bandwidth",
     "copy_bytes_per_s", "read_bytes_per_s",
     "error_rel_l2", "error_max_abs", "error_cosine", "needle_recall",
+    "accuracy", "loss_first", "loss_final", "train_s", "test_examples",
     "torch_version", "device_name", "cpu_model", "threads", "git_commit", "hostname", "slurm_job_id",
     *DEVICE_COLUMNS,
     "started", "timestamp", "exclusive",
 ]  # fmt: skip
 # empty means "", not missing
-TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "inputs", "slurm_job_id", "kernel", "cuda_version",
+TEXT_COLUMNS = ["run_id", "job_id", "reason", "lengths", "inputs", "task", "slurm_job_id", "kernel", "cuda_version",
                 "cudnn_version", "driver_version", "compute_capability", "flash_version"]  # fmt: skip
 # every row's status: measured, or why not (the entry cannot run it, predicted too big, out of memory, past its
 # time limit, failed); the failed ones are drawn where they failed

@@ -25,6 +25,7 @@ class Cell:
     padding: float  # the sweep's padding fraction that produced problem.kv_valid_lens
     lengths: str = ""  # the sweep's length distribution that drew problem.kv_valid_lens ("": none)
     inputs: str = "iid"  # the distribution q, k, v are drawn from (attention_zoo/inputs.py)
+    task: Mapping[str, Any] | None = None  # recall mode: kv_pairs and the recall config (bench/tasks)
 
     @property
     def seq_len(self) -> int:
@@ -39,6 +40,8 @@ class Cell:
             spec["lengths"] = self.lengths
         if self.inputs != "iid":  # (likewise)
             spec["inputs"] = self.inputs
+        if self.task is not None:
+            spec["task"] = dict(self.task)
         return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -27,5 +27,13 @@ class Mode:
 
 
 # decode: one forward step of T new tokens against a cache or state built from a context
-# (attention_zoo/decode.py); its FLOPs and availability come from the entry's decode path
-MODES = {"fwd": Mode(("forward",)), "bwd": Mode(("backward",)), "fwd_bwd": Mode(PASSES), "decode": Mode(())}
+# (attention_zoo/decode.py); its FLOPs and availability come from the entry's decode path.
+# recall: trains a tiny model on MQAR with the entry as its attention (bench/tasks), and times the entry's
+# forward and backward at the model's shape, as fwd_bwd does
+MODES = {
+    "fwd": Mode(("forward",)),
+    "bwd": Mode(("backward",)),
+    "fwd_bwd": Mode(PASSES),
+    "decode": Mode(()),
+    "recall": Mode(PASSES),
+}

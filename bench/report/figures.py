@@ -74,7 +74,7 @@ def _in_order(frame: pd.DataFrame):
     return frame.iloc[order].groupby("series", sort=False)
 
 
-def _grid(panels: list[str], title: str, columns: int | None = None, rows: int | None = None, sharex=True):
+def panel_grid(panels: list[str], title: str, columns: int | None = None, rows: int | None = None, sharex=True):
     """A full-width grid of axes sharing y (and x), one per panel; the legend goes outside, on the right."""
     plt.rcParams.update({"font.size": FONT_PT, "axes.titlesize": FONT_PT + 1, "legend.fontsize": FONT_PT - 1})
     columns = columns or min(MAX_COLUMNS, max(1, len(panels)))
@@ -93,7 +93,7 @@ def _grid(panels: list[str], title: str, columns: int | None = None, rows: int |
     return figure, dict(zip(panels, flat, strict=False))
 
 
-def _legend(figure) -> None:
+def figure_legend(figure) -> None:
     """One legend for the figure, outside the data on the right; each label once."""
     seen = {}
     for ax in figure.axes:
@@ -136,7 +136,7 @@ def complexity_figure(rows: pd.DataFrame, value: str, ylabel: str, exponents: di
     """
     drawn = rows[rows["status"].isin(("ok", *FAILED_STATUSES))]
     panels = list(dict.fromkeys(drawn["panel"]))  # in the report's panel order
-    figure, axes = _grid(panels, "")
+    figure, axes = panel_grid(panels, "")
     for panel, ax in axes.items():
         cells = drawn[drawn["panel"] == panel]
         curves, stacked = [], 0
@@ -160,7 +160,7 @@ def complexity_figure(rows: pd.DataFrame, value: str, ylabel: str, exponents: di
         ax.set_yscale("log")
         ax.set(ylabel=ylabel, title=panel or None)
         _n_axis(ax, cells["seq_len"])
-    _legend(figure)
+    figure_legend(figure)
     return figure
 
 
@@ -168,7 +168,7 @@ def throughput_figure(rows: pd.DataFrame, styles: dict):
     """FLOP/s (useful FLOPs) against N per series, with the run's GEMM ceiling as a line: how close each gets."""
     ok = rows[(rows["status"] == "ok") & (rows["flop_per_s"] > 0)]
     panels = list(dict.fromkeys(ok["panel"]))
-    figure, axes = _grid(panels, "")
+    figure, axes = panel_grid(panels, "")
     for panel, ax in axes.items():
         cells = ok[ok["panel"] == panel]
         for series, own in _in_order(cells):
@@ -180,7 +180,7 @@ def throughput_figure(rows: pd.DataFrame, styles: dict):
         ax.set_yscale("log")
         ax.set(ylabel="GFLOP/s (useful)", title=panel or None)
         _n_axis(ax, cells["seq_len"])
-    _legend(figure)
+    figure_legend(figure)
     return figure
 
 
@@ -197,7 +197,7 @@ def _times_ticks(ax, values: pd.Series) -> None:
 def speedup_figure(speedup: pd.DataFrame, baseline: str, styles: dict):
     """time_baseline / time_impl against N, one line per series; above 1× the series is faster."""
     panels = list(dict.fromkeys(speedup["panel"]))
-    figure, axes = _grid(panels, "")
+    figure, axes = panel_grid(panels, "")
     for panel, ax in axes.items():
         for series, own in _in_order(speedup[speedup["panel"] == panel]):
             own = own.sort_values("seq_len")
@@ -206,17 +206,25 @@ def speedup_figure(speedup: pd.DataFrame, baseline: str, styles: dict):
         _times_ticks(ax, speedup["speedup"])
         ax.set(ylabel=f"speedup vs {baseline}", title=panel or None)
         _n_axis(ax, speedup.loc[speedup["panel"] == panel, "seq_len"])
-    _legend(figure)
+    figure_legend(figure)
     return figure
 
 
-def frontier(cells: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto frontier of (time, error): cells no other cell beats on both, fastest first."""
-    ordered = cells[cells["time_ms_median"].notna() & cells["error_rel_l2"].notna()].sort_values(
-        ["time_ms_median", "error_rel_l2"]
-    )
-    best_faster = ordered["error_rel_l2"].cummin().shift(fill_value=math.inf)  # lowest error of the faster cells
-    return ordered[ordered["error_rel_l2"] < best_faster]
+def frontier(cells: pd.DataFrame, value: str = "error_rel_l2", higher_is_better: bool = False) -> pd.DataFrame:
+    """The Pareto frontier of (time, value): cells no other cell beats on both, fastest first."""
+    ordered = cells[cells["time_ms_median"].notna() & cells[value].notna()]
+    cost = -ordered[value] if higher_is_better else ordered[value]
+    ordered = ordered.assign(_cost=cost).sort_values(["time_ms_median", "_cost"])
+    best_faster = ordered["_cost"].cummin().shift(fill_value=math.inf)  # the best value among the faster cells
+    return ordered[ordered["_cost"] < best_faster].drop(columns="_cost")
+
+
+def mark_frontier(ax, front: pd.DataFrame, value: str) -> None:
+    """The frontier as grey dotted steps through circled points."""
+    if len(front):
+        ax.step(front["time_ms_median"], front[value], where="post", color="grey", linestyle=":", linewidth=2,
+                zorder=0, label="frontier")  # fmt: skip
+        ax.scatter(front["time_ms_median"], front[value], s=140, facecolors="none", edgecolors="grey")
 
 
 def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: dict, styles: dict):
@@ -227,7 +235,7 @@ def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: di
     marks the baseline's time, from `baseline_ms` keyed by (panel, N).
     """
     panels = list(dict.fromkeys(accuracy["panel"]))
-    figure, grid = _grid([(p, n) for p in panels for n in n_values], "", len(n_values), len(panels), sharex=False)
+    figure, grid = panel_grid([(p, n) for p in panels for n in n_values], "", len(n_values), len(panels), sharex=False)
     for (panel, n), ax in grid.items():
         cells = accuracy[(accuracy["panel"] == panel) & (accuracy["seq_len"] == n)]
         for impl, own in cells.groupby("impl", sort=False):
@@ -238,14 +246,10 @@ def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: di
             for i, cell in enumerate(own.itertuples(index=False)):
                 ax.annotate(cell.hp_label, (cell.time_ms_median, cell.error_rel_l2), xytext=(4, 5 if i % 2 else -11),
                             textcoords="offset points", fontsize=FONT_PT - 3, color=style.colour(impl))  # fmt: skip
-        front = frontier(cells)
-        if len(front):
-            ax.step(front["time_ms_median"], front["error_rel_l2"], where="post", color="grey", linestyle=":",
-                    linewidth=2, zorder=0, label="frontier")  # fmt: skip
-            ax.scatter(front["time_ms_median"], front["error_rel_l2"], s=140, facecolors="none", edgecolors="grey")
+        mark_frontier(ax, frontier(cells), "error_rel_l2")
         if (panel, n) in baseline_ms:
             ax.axvline(baseline_ms[(panel, n)], color="black", linewidth=1.2, label="baseline time")
         ax.set(xscale="log", yscale="log", xlabel="time (ms, median)", ylabel="rel. L2 error vs full")
         ax.set_title(f"{panel}  N={n}" if panel else f"N={n}")
-    _legend(figure)
+    figure_legend(figure)
     return figure

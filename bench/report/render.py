@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from bench import fit
-from bench.report import analysis, cautions, decode, figures, measurements, style
+from bench.report import analysis, cautions, decode, figures, measurements, recall, style
 from bench.rows import load
 
 # Problem axes other than N; those with more than one value become panels / group columns.
 BASELINE = "sdpa_flash"  # the default entry speedups and crossovers compare with
+RECALL_MARGIN = 0.05  # an approximate entry within this much of the best exact MQAR accuracy counts as keeping up
 AXES = (
     "mode",
     "causal",
@@ -120,19 +121,24 @@ def render_report(
     if decoding["status"].eq("ok").any():
         exponents = {(f["panel"], f["series"]): f["exponent"] for _, f in frames["time_fit"].iterrows()}
         drawn.update(decode.decode_figures(decoding, exponents, figures.series_styles(rows)))
+    recalled = recall.recall_rows(rows)
+    if recalled["status"].eq("ok").any():
+        drawn["recall"] = recall.recall_figure(recalled, figures.series_styles(rows))
     # which colour each series got in each figure, read back from the artists (tests/test_report_page.py)
     colours = {name: figures.drawn_colours(figure) for name, figure in drawn.items()}
     (out_dir / FIGURES_JSON).write_text(json.dumps(colours, indent=1))
     tables, flop_unit = _tables(rows, frames, axes, baseline)
     tables["decode_steps"] = decode.step_table(decoding)
     tables["decode_crossovers"] = decode.crossover_table(decoding, baseline, axes)
+    tables["recall"] = recall.recall_table(recalled)
     context = {
         "title": "Attention Zoo benchmark report",
         "baseline": baseline,
         "constants": constants,
         "axes": axes,
         "notes": _notes(rows, run_dirs, baseline),
-        "headlines": analysis.headlines(rows, frames["crossing"], error_budget, baseline),
+        "headlines": analysis.headlines(rows, frames["crossing"], error_budget, baseline)
+        + recall.recall_headlines(recalled, RECALL_MARGIN),
         "images": _write_images(drawn, out_dir),
         "runs": [section for d in run_dirs for section in _run_sections(d)],
         "row_count": len(rows),

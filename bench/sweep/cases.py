@@ -19,6 +19,7 @@ from bench.core.modes import MODES
 from bench.errors import BenchConfigError
 from bench.sweep.config import validate_options
 from bench.sweep.lengths import LENGTHS, draw_lengths
+from bench.tasks.mqar import check_task
 
 GLOB_CHARS = set("*?[")
 
@@ -107,6 +108,25 @@ def _decode_problems(sweep: Mapping[str, Any], problems: list[tuple[Problem, flo
     return [dataclasses.replace(p, q_len=t, kv_len=p.q_len + t) for p in context for t in steps]
 
 
+def _recall_tasks(plain: Mapping[str, Any], problems: list[tuple[Problem, float, str]]) -> list[dict[str, Any]]:
+    """One recall task per sweep.kv_pairs value (the recall config beside it), checked against every problem."""
+    pairs = _axis(plain["sweep"], "kv_pairs", (int,))
+    if not all(problem.causal for problem, _, _ in problems):
+        raise BenchConfigError("sweep.modes has recall, which trains a causal language model: set sweep.causal=true")
+    if any(problem.kv_valid_lens for problem, _, _ in problems):
+        raise BenchConfigError(
+            "sweep.modes has recall, whose MQAR sequences are whole: sweep.padding and sweep.lengths apply to "
+            "fwd/bwd only"
+        )
+    vocab = plain["recall"]["vocab_size"]
+    for problem, _, _ in problems:
+        for count in pairs:
+            reason = check_task(vocab, problem.q_len, count)
+            if reason:
+                raise BenchConfigError(f"sweep.kv_pairs={count} with sweep.seq_lens={problem.q_len}: {reason}")
+    return [{"task": "mqar", "kv_pairs": count, **plain["recall"]} for count in pairs]
+
+
 def select_impls(impls: Mapping[str, Any]) -> list[str]:
     """Registered names matching the patterns (and the exact filter); a pattern matching nothing is an error."""
     if not impls["patterns"]:
@@ -162,9 +182,11 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
     grids = {name: _hparam_grid(name, impls["hparams"].get(name) or {}) for name in names}
     modes = _axis(sweep, "modes", (str,), tuple(MODES))
     # counted before anything is expanded: a grid of a million cells would take minutes just to list
-    per_problem = len(modes) - ("decode" in modes) + ("decode" in modes) * len(_axis(sweep, "decode_tokens", (int,)))
     inputs = _axis(sweep, "inputs", (str,), INPUTS)
-    count = math.prod(map(len, _grid_axes(sweep))) * len(inputs) * sum(map(len, grids.values())) * per_problem
+    passes = [mode for mode in modes if mode not in ("decode", "recall")]
+    per_problem = len(inputs) * (len(passes) + ("decode" in modes) * len(_axis(sweep, "decode_tokens", (int,))))
+    per_problem += ("recall" in modes) * len(_axis(sweep, "kv_pairs", (int,)))  # (recall is drawn from MQAR only)
+    count = math.prod(map(len, _grid_axes(sweep))) * sum(map(len, grids.values())) * per_problem
     if count > sweep["max_cells"]:
         raise BenchConfigError(
             f"the grid has {count:,} cells, more than sweep.max_cells={sweep['max_cells']:,}: "
@@ -172,7 +194,6 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
         )
     cells = []
     problems = _problems(sweep, plain["seed"])
-    passes = [mode for mode in modes if mode != "decode"]
     # inputs outside the entries: the worker draws each problem's inputs once per distribution
     for (problem, padding, lengths), drawn in itertools.product(problems if passes else [], inputs):
         for name in names:
@@ -184,4 +205,10 @@ def expand(cfg: DictConfig | Mapping[str, Any]) -> list[Cell]:
             for hparams in grids[name]:
                 attention_zoo.get(name).resolve_hparams(hparams, problem)
                 cells.append(Cell(name, problem, "decode", hparams, 0.0, inputs=drawn))
+    tasks = _recall_tasks(plain, problems) if "recall" in modes else []
+    for (problem, _, _), task in itertools.product(problems, tasks):
+        for name in names:
+            for hparams in grids[name]:
+                attention_zoo.get(name).resolve_hparams(hparams, problem)
+                cells.append(Cell(name, problem, "recall", hparams, 0.0, task=task))
     return cells

@@ -63,9 +63,10 @@ class SweepConfig:
     # what q, k, v are drawn from for the error metric (and the timing): iid, local, retrieval, low_rank
     inputs: Any = "iid"
     decode_tokens: Any = 1  # decode mode: new tokens per step (T; a few for speculative decoding)
+    kv_pairs: Any = 4  # recall mode: key-value pairs per MQAR sequence (seq_lens is then the sequence length)
     dtypes: Any = "float32"
     devices: Any = "cpu"
-    modes: Any = "fwd"  # fwd, bwd, fwd_bwd, decode (seq_lens is then the context length L)
+    modes: Any = "fwd"  # fwd, bwd, fwd_bwd, decode (seq_lens is then the context length L), recall
     max_cell_flops: Annotated[float | None, Above(0)] = None  # cells doing more work are skipped; null: no cap
     max_cells: Annotated[int, AtLeast(1)] = 10_000  # a larger grid stops before it is expanded
 
@@ -85,12 +86,26 @@ class TimingConfig:
 
 
 @dataclass
+class RecallConfig:
+    """recall mode: the MQAR task (bench/tasks/mqar.py) and the training budget of its tiny model (bench/tasks)."""
+
+    steps: Annotated[int, AtLeast(1)] = 600  # AdamW steps, each on a fresh batch of sweep.batch sequences
+    learning_rate: Annotated[float, Above(0)] = 3e-3  # the one-cycle schedule's peak
+    weight_decay: Annotated[float, AtLeast(0)] = 0.1
+    vocab_size: Annotated[int, AtLeast(4)] = 128  # keys from 1..vocab/2-1, values from vocab/2..vocab-1
+    power_a: Annotated[float, Above(0), AtMost(1)] = 0.01  # Zoology's power law of query gaps (1: uniform)
+    test_examples: Annotated[int, AtLeast(1)] = 1024  # held-out sequences the accuracy is measured on
+    layers: Annotated[int, AtLeast(1)] = 2  # blocks of the model, each with the attention under test
+
+
+@dataclass
 class BenchConfig:
     """Everything one `python -m bench` run needs."""
 
     impls: ImplsConfig = field(default_factory=ImplsConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
+    recall: RecallConfig = field(default_factory=RecallConfig)
     threads: Annotated[int | None, AtLeast(1)] = None  # torch threads in the worker; null: os.cpu_count()
     seed: int = 0  # inputs are drawn from this seed
     memory_limit_bytes: Annotated[int | None, AtLeast(1)] = None  # worker RSS limit; null: 90% of MemAvailable

@@ -1,7 +1,9 @@
-"""Measure one cell, top to bottom: build, warm up, time, peak memory, error. Runs inside the worker."""
+"""Measure one cell, top to bottom: build, warm up, time, peak memory, error (and a recall cell's training run).
+Runs inside the worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from bench.core.memory import measure_peak
 from bench.sweep.accuracy import error_vs_exact
 from bench.sweep.decode import measure_decode
 from bench.sweep.timing import measured_columns, on_device, synchronize, timer_for
+from bench.tasks.train import train_recall
 
 _INPUTS: dict[tuple[Problem, str, int], Inputs] = {}  # see cell_inputs
 
@@ -35,6 +38,9 @@ def measure_cell(cell: Cell, timing: dict[str, Any], seed: int) -> dict[str, Any
     with on_device(cell.problem.device):  # cuda:1: flush, events, memory stats and launches on that GPU
         if cell.mode == "decode":
             return measure_decode(cell, timing, cell_inputs(cell.problem, seed, False, cell.inputs))
+        if cell.mode == "recall":  # the entry's fwd_bwd at the model's shape, then the training run
+            timed = _measure_on_device(dataclasses.replace(cell, mode="fwd_bwd", task=None), timing, seed)
+            return {**timed, **train_recall(cell.impl, cell.hparams, cell.problem, cell.task, seed)}
         return _measure_on_device(cell, timing, seed)
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import attention_zoo
 from bench.core.cell import Cell
 from bench.core.locks import claim_folder
-from bench.rows import ROWS_CSV, ROWS_PARQUET, STATUSES, columns, hparam_column, read_rows_csv
+from bench.rows import ROWS_CSV, ROWS_PARQUET, STATUSES, TASK_COLUMNS, columns, hparam_column, read_rows_csv
 
 TEMPORARY_GLOB = ".*.tmp"  # what a write killed before its rename leaves behind
 
@@ -66,6 +66,7 @@ def cell_columns(cell: Cell) -> dict[str, Any]:
         "lengths": cell.lengths,
         "inputs": cell.inputs,
         "decode_tokens": p.q_len if cell.mode == "decode" else None,
+        **{column: (cell.task or {}).get(column) for column in TASK_COLUMNS},
         "dtype": p.dtype,
         "device": p.device,
         "seq_len": cell.seq_len,
