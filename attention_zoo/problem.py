@@ -8,6 +8,9 @@ Conventions used everywhere in attention_zoo:
   guarantees every query sees at least key 0.
 - Padding is on keys: kv_valid_lens[b] keys of sequence b are real, the rest are ignored.
   Every query row is still computed.
+- Packing: doc_lens splits every row of the batch into documents of those lengths, back to back
+  (self-attention, summing to N); a query attends only keys of its own document (block-diagonal,
+  and causal within the document when causal).
 - Half-precision inputs (float16, bfloat16) are computed with float32 scores, softmax statistics and
   accumulation (compute_dtype); outputs and gradients come back in the input dtype.
 """
@@ -55,6 +58,7 @@ class Problem:
     head_dim: int = 64
     causal: bool = False
     kv_valid_lens: tuple[int, ...] | None = None  # None: no padding
+    doc_lens: tuple[int, ...] | None = None  # None: one document per row; else packed documents (see above)
     dtype: str = "float32"
     device: str = "cpu"
 
@@ -86,12 +90,27 @@ class Problem:
                     raise ProblemError(
                         f"kv_valid_lens entry {n!r} is invalid: each must be an integer in 1..kv_len={self.kv_len}"
                     )
+        if self.doc_lens is not None:
+            self._check_documents()
         if self.dtype not in DTYPES:
             raise ProblemError(f"dtype={self.dtype!r} is unknown: allowed are {', '.join(DTYPES)}")
         if self.device.split(":")[0] not in DEVICES:
             raise ProblemError(
                 f"device={self.device!r} is unknown: allowed are {', '.join(DEVICES)} (cuda may carry an index)"
             )
+
+    def _check_documents(self) -> None:
+        lens = tuple(self.doc_lens)
+        object.__setattr__(self, "doc_lens", lens)
+        if self.q_len != self.kv_len or self.kv_valid_lens is not None:
+            raise ProblemError(
+                "doc_lens packs documents into whole self-attention rows: it needs q_len == kv_len and no kv_valid_lens"
+            )
+        for n in lens:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ProblemError(f"doc_lens entry {n!r} is invalid: each document length must be a positive integer")
+        if sum(lens) != self.q_len:
+            raise ProblemError(f"doc_lens {lens} sum to {sum(lens)}: the documents must fill q_len={self.q_len}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -119,6 +138,7 @@ class Problem:
             "padding": self.kv_valid_lens is not None,
             "gqa": self.kv_heads != self.q_heads,
             "cross": self.kv_len != self.q_len,
+            "packed": self.doc_lens is not None and len(self.doc_lens) > 1,
         }
         return frozenset(name for name, on in present.items() if on)
 
@@ -129,6 +149,9 @@ class Problem:
 
     def attended_pairs(self) -> int:
         """Number of (query, key) pairs one head attends, summed over the batch."""
+        if self.doc_lens is not None:  # each document attends itself alone
+            per_row = sum(n * (n + 1) // 2 if self.causal else n * n for n in self.doc_lens)
+            return self.batch * per_row
         total = 0
         for valid in self.kv_valid_lens or (self.kv_len,) * self.batch:
             if not self.causal:
@@ -169,11 +192,19 @@ class Problem:
         allowed = torch.ones(len(q_pos), self.kv_len, dtype=torch.bool, device=self.device)
         if self.causal:
             allowed &= k_pos <= q_pos + self.causal_offset
+        if self.doc_lens is not None:
+            documents = self.document_ids()
+            allowed &= documents[q_pos] == documents[k_pos]
         allowed = allowed.expand(self.batch, 1, len(q_pos), self.kv_len)
         if self.kv_valid_lens is not None:
             valid = torch.tensor(self.kv_valid_lens, device=self.device)
             allowed = allowed & (k_pos < valid[:, None, None, None])
         return allowed
+
+    def document_ids(self) -> torch.Tensor:
+        """long (N,): the document each position of a row belongs to (all 0 without packing)."""
+        lens = torch.tensor(self.doc_lens or (self.kv_len,), device=self.device)
+        return torch.repeat_interleave(torch.arange(len(lens), device=self.device), lens)
 
     def key_padding_mask(self) -> torch.Tensor | None:
         """bool (B, Nk), True = a real key; None when the problem has no padding."""

@@ -42,7 +42,9 @@ FAMILIES = ("full", "flash", "sparse", "low_rank", "kernel", "memory")
 MODES = ("forward", "backward")  # the passes unsupported_reason answers for
 # FLOPs per pass in multiples of the forward (FlashAttention's count of a backward); flops() also takes both at once
 PASS_FLOP_FACTORS = {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}
-FEATURES = ("causal", "padding", "gqa", "cross")
+FEATURES = ("causal", "padding", "gqa", "cross", "packed")
+# what an entry supports unless it says otherwise; packed documents (a block-diagonal mask) only by declaring it
+DEFAULT_FEATURES = ("causal", "padding", "gqa", "cross")
 ENTRY_POINT_GROUP = "attention_zoo.impls"
 
 
@@ -222,7 +224,7 @@ def register(
     devices: Iterable[str] = ("cpu", "cuda"),
     dtypes: Iterable[str] = (*ALL_DTYPES, "float64"),
     modes: Iterable[str] = MODES,
-    features: Iterable[str] = FEATURES,
+    features: Iterable[str] = DEFAULT_FEATURES,
     flops: FlopsFn | None = None,
     flops_executed: FlopsFn | None = None,
     availability: AvailabilityFn = _always_available,
@@ -245,6 +247,8 @@ def register(
     sizes by hyperparameter name do not fit the entry.
     decode=True: the built Attention takes decode steps (attention_zoo/decode.py); a string says why it cannot.
     decode_availability(problem), asked for decode problems, replaces `availability` there.
+    features: the problem features it handles (FEATURES); "packed" (documents packed into a row) is not
+    assumed: an entry that masks across documents declares it.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is unknown: allowed are {', '.join(FAMILIES)}")

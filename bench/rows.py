@@ -22,8 +22,8 @@ ROWS_CSV, ROWS_PARQUET = "rows.csv", "rows.parquet"
 TASK_COLUMNS = ["task", "kv_pairs", "steps", "vocab_size", "learning_rate", "layers"]
 IDENTITY_COLUMNS = [
     "run_id", "job_id", "cell_id", "impl", "family", "exact", "mode", "batch", "q_heads", "kv_heads", "q_len",
-    "kv_len", "head_dim", "causal", "padding", "lengths", "inputs", "decode_tokens", "dtype", "device", "seq_len",
-    "hparams", *TASK_COLUMNS,
+    "kv_len", "head_dim", "causal", "padding", "lengths", "documents", "inputs", "decode_tokens", "dtype", "device",
+    "seq_len", "hparams", *TASK_COLUMNS,
 ]  # fmt: skip
 DEVICE_COLUMNS = [  # bench.sweep.environment.device_environment, besides device_name
     "cuda_version", "cudnn_version", "driver_version", "compute_capability", "tf32_matmul", "tf32_cudnn",

@@ -81,7 +81,8 @@ def test_cli_typo_prints_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["bench: error: unknown config key 'sweep.seq_lenz' (did you mean "
                                                 "sweep.seq_lens?); sweep has: seq_lens, batch, heads, kv_heads, "
-                                                "head_dims, causal, padding, lengths, inputs, decode_tokens, "
+                                                "head_dims, causal, padding, lengths, documents, inputs, "
+                                                "decode_tokens, "
                                                 "kv_pairs, dtypes, devices, modes, max_cell_flops, "
                                                 "max_cells"]  # fmt: skip
     assert not (tmp_path / "run").exists()

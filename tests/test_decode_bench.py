@@ -13,10 +13,11 @@ from bench.sweep import cases
 from bench.sweep.config import compose_config
 from bench.sweep.decode import REFERENCE_KEYS, exact_decode
 from bench.sweep.flops import cell_bytes, cell_flops, cell_flops_executed
-from bench.sweep.lengths import LENGTHS, draw_lengths
+from bench.sweep.lengths import LENGTHS, draw_documents, draw_lengths
 from bench.sweep.measure import measure_cell
 
 TIMING = {"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 2, "max_samples": 2, "budget_s": 0.0}
+TILES = {"q_tile": 64, "k_tile": 128}
 
 
 def test_decode_cells_are_steps_after_a_context_of_seq_len() -> None:
@@ -50,6 +51,19 @@ def test_ragged_rows_count_useful_work_on_the_real_lengths() -> None:
     assert cell_flops_executed(cell) == 4 * 2 * 16 * 3 * 100 * 100  # full computes every padded pair
     useful, executed = cell_bytes(cell)
     assert useful == executed * 137 / 300
+
+
+def test_packed_rows_count_useful_work_within_documents_and_blockwise_skips_the_rest() -> None:
+    lens = draw_documents(4, 1024, seed=3)
+    assert lens == draw_documents(4, 1024, seed=3) != draw_documents(4, 1024, seed=4)
+    assert sum(lens) == 1024 and len(lens) == 4 and min(lens) >= 1
+    problem = z.Problem(batch=2, q_heads=2, q_len=1024, head_dim=16, causal=True, doc_lens=lens)
+    useful = 2 * 2 * 16 * 4 * sum(n * (n + 1) / 2 for n in lens)  # each document's causal pairs, alone
+    full, tiled = Cell("full", problem, "fwd", {}, 0.0), Cell("blockwise", problem, "fwd", TILES, 0.0)
+    assert cell_flops(full) == cell_flops(tiled) == pytest.approx(useful)
+    assert cell_flops_executed(full) == 4 * 2 * 16 * 2 * 1024 * 1024
+    unpacked = Cell("blockwise", dataclasses.replace(problem, doc_lens=None), "fwd", TILES, 0.0)
+    assert useful <= cell_flops_executed(tiled) < cell_flops_executed(unpacked)  # tiles outside documents skipped
 
 
 def test_the_chunked_reference_is_exact_attention() -> None:

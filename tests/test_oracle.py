@@ -39,6 +39,11 @@ SHAPES = {
     ),
     # self-attention with GQA and padding: window_global has global query rows here
     "padded_gqa": z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=40, head_dim=16, kv_valid_lens=(40, 31)),
+    # packed documents (block-diagonal), one of a single token, boundaries inside and across tiles
+    "packed": z.Problem(batch=2, q_heads=2, q_len=71, head_dim=32, doc_lens=(30, 1, 17, 23)),
+    "packed_causal_gqa": z.Problem(
+        batch=1, q_heads=4, kv_heads=2, q_len=64, head_dim=16, causal=True, doc_lens=(5, 40, 19)
+    ),
 }
 # not a variant of its own (gqa covers it at unit scale): the shape float16 products overflow on
 EXTREME_SHAPES = {"gqa_d64": z.Problem(batch=2, q_heads=2, kv_heads=1, q_len=40, head_dim=64)}

@@ -1,10 +1,15 @@
-"""Problem validation: every bad value gives one line naming the field, the value and what is allowed."""
+"""Problem validation: every bad value gives one line naming the field, the value and what is allowed; packed
+documents attend within themselves."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 
 import attention_zoo as z
+from attention_zoo import Problem
 
 BAD_PROBLEMS = {
     "q_heads not divisible": (dict(q_heads=6, kv_heads=4), "kv_heads=4"),
@@ -47,3 +52,36 @@ def test_features_name_what_an_entry_must_handle() -> None:
     problem = z.Problem(batch=2, q_heads=4, kv_heads=1, q_len=3, kv_len=7, causal=True, kv_valid_lens=(7, 2))
     assert problem.features == {"causal", "padding", "gqa", "cross"}
     assert z.Problem().features == frozenset()
+
+
+def test_packed_documents_attend_only_within_themselves() -> None:
+    lens = (3, 1, 6)
+    for causal in (False, True):
+        packed = Problem(batch=2, q_heads=2, q_len=10, head_dim=8, causal=causal, doc_lens=lens)
+        q, k, v = packed.make_inputs(seed=0)
+        out = z.dense_attention(q, k, v, packed.allowed_mask())
+        start = 0
+        for n in lens:  # each document alone, as its own sequence, gives the same rows
+            rows = slice(start, start + n)
+            alone = Problem(batch=2, q_heads=2, q_len=n, head_dim=8, causal=causal)
+            expected = z.dense_attention(q[:, :, rows], k[:, :, rows], v[:, :, rows], alone.allowed_mask())
+            assert torch.allclose(out[:, :, rows], expected)
+            start += n
+        assert packed.attended_pairs() == 2 * sum(n * (n + 1) // 2 if causal else n * n for n in lens)
+        assert int(packed.allowed_mask().sum()) == packed.attended_pairs()
+        assert "packed" in packed.features
+    assert "packed" not in Problem(q_len=10, doc_lens=(10,)).features
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"q_len": 10, "doc_lens": (3, 3)}, "doc_lens (3, 3) sum to 6: the documents must fill q_len=10"),
+        ({"q_len": 10, "doc_lens": (10, 0)}, "doc_lens entry 0 is invalid"),
+        ({"q_len": 10, "kv_len": 12, "doc_lens": (10,)}, "needs q_len == kv_len and no kv_valid_lens"),
+        ({"q_len": 10, "kv_valid_lens": (5,), "doc_lens": (10,)}, "needs q_len == kv_len and no kv_valid_lens"),
+    ],
+)
+def test_impossible_packings_are_one_line(fields: dict, expected: str) -> None:
+    with pytest.raises(z.ProblemError, match=re.escape(expected)):
+        Problem(**fields)

@@ -2,12 +2,14 @@
 
 Extra memory is O(N): the row statistics (max and log-sum-exp) plus one q_tile x k_tile block of
 scores at a time; the backward pass recomputes score tiles from Q, K and the saved log-sum-exp
-instead of storing the N x N probabilities. Tiles that the causal mask or the padding rules out
-entirely are skipped, so causal attention does about half the work.
+instead of storing the N x N probabilities. Tiles that the causal mask, the padding or packed documents
+(a block-diagonal mask) rule out entirely are skipped, so causal attention does about half the work and
+packed documents about what each would alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -18,7 +20,7 @@ from attention_zoo.decode import KVCache, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
-from attention_zoo.registry import register
+from attention_zoo.registry import FEATURES, register
 from attention_zoo.rules import AtLeast
 
 
@@ -34,6 +36,12 @@ class _Tiling:
         self.valid = None if problem.kv_valid_lens is None else torch.tensor(problem.kv_valid_lens, device=device)
         self.min_valid = min(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
         self.max_valid = max(problem.kv_valid_lens) if problem.kv_valid_lens else problem.kv_len
+        # packed documents: each position's document, and where each document starts and ends
+        lens = problem.doc_lens or (problem.kv_len,)
+        self.doc_end = list(itertools.accumulate(lens))
+        self.doc_start = [end - n for end, n in zip(self.doc_end, lens, strict=True)]
+        self.documents = problem.document_ids().to(device) if problem.doc_lens else None
+        self.position_doc = None if self.documents is None else self.documents.tolist()
 
     def q_starts(self) -> range:
         return range(0, self.q_len, self.q_tile)
@@ -42,7 +50,12 @@ class _Tiling:
         """Key tiles holding at least one key a query of this tile may attend."""
         q_end = min(q_start + self.q_tile, self.q_len)
         k_stop = self.max_valid if not self.causal else min(self.max_valid, q_end + self.offset)
-        return range(0, k_stop, self.k_tile)
+        if self.position_doc is None:
+            return range(0, k_stop, self.k_tile)
+        # only the documents of this tile's queries: from the first one's start to the last one's end
+        first, last = self.position_doc[q_start], self.position_doc[q_end - 1]
+        k_from = self.doc_start[first] // self.k_tile * self.k_tile
+        return range(k_from, min(k_stop, self.doc_end[last]), self.k_tile)
 
     def computed_pairs(self) -> int:
         """(query, key) score pairs in the tiles one sequence visits, masked pairs included (every sequence
@@ -59,7 +72,12 @@ class _Tiling:
         k_end = min(k_start + self.k_tile, self.kv_len)
         crosses_diagonal = self.causal and k_end - 1 > q_start + self.offset
         crosses_padding = k_end > self.min_valid
-        if not (crosses_diagonal or crosses_padding):
+        # a tile inside one document needs no document mask
+        crosses_documents = self.position_doc is not None and not (
+            self.position_doc[q_start] == self.position_doc[q_end - 1]
+            == self.position_doc[k_start] == self.position_doc[k_end - 1]
+        )  # fmt: skip
+        if not (crosses_diagonal or crosses_padding or crosses_documents):
             return None
         device = self.device
         k_pos = torch.arange(k_start, k_end, device=device)
@@ -69,6 +87,8 @@ class _Tiling:
             allowed = allowed & (k_pos[None, :] <= q_pos[:, None] + self.offset)
         if crosses_padding and self.valid is not None:
             allowed = allowed & (k_pos < self.valid[:, None, None, None, None])
+        if crosses_documents:
+            allowed = allowed & (self.documents[q_start:q_end, None] == self.documents[None, k_start:k_end])
         return additive_bias(allowed, dtype)
 
 
@@ -203,6 +223,7 @@ def _executed_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     exact=True,
     time="N^2",
     memory="N",
+    features=FEATURES,
     flops_executed=_executed_flops,
     oracle_hparams={"q_tile": 16, "k_tile": 24},
     decode=True,

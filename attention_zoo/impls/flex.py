@@ -14,8 +14,11 @@ entries declare backward on CUDA only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -24,13 +27,14 @@ from attention_zoo.impls.sparse import GlobalTokens, Window, band_flops, window_
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
-from attention_zoo.registry import register
+from attention_zoo.registry import FEATURES, register
 
 # Eager create_block_mask materialises the dense (B, 1, Nq, Nk) mask and its int64 intermediates;
 # above this many (query, key) pairs the mask is built by a compiled create_block_mask instead.
 EAGER_MASK_PAIRS = 1 << 22
 # distinct problem shapes one process may compile flex_attention for (each compiled graph is kept)
 RECOMPILE_LIMIT = 256
+COUNT_ROWS = 256  # query rows per step when the FLOP count evaluates the mask
 
 
 @functools.cache
@@ -85,6 +89,22 @@ class FlexWindowAttention(Attention):
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))
 
 
+def _flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
+    """Useful forward FLOPs: the window pattern's pairs; with packed documents, the pairs the mask allows,
+    counted COUNT_ROWS query rows at a time (documents cut the band and the global rows)."""
+    if problem.doc_lens is None:
+        return band_flops(problem, hparams)
+    counted = dataclasses.replace(problem, device="cpu")
+    allowed = window_predicate(counted, hparams["window"], hparams.get("global_tokens", 0))
+    batch_idx = torch.arange(problem.batch)[:, None, None]
+    keys = torch.arange(problem.kv_len)
+    pairs = sum(
+        int(allowed(batch_idx, torch.arange(start, min(start + COUNT_ROWS, problem.q_len))[:, None], keys).sum())
+        for start in range(0, problem.q_len, COUNT_ROWS)
+    )
+    return 4.0 * problem.q_heads * problem.head_dim * pairs
+
+
 def _backward_availability(problem: Problem) -> str | None:
     if problem.device_type == "cpu":
         return "flex_attention has no backward pass on CPU in torch 2.13 (it has one on CUDA)"
@@ -96,8 +116,9 @@ FLEX = {
     "exact": False,
     "backward_availability": _backward_availability,
     "dtypes": ("float32", "float16", "bfloat16"),
-    "flops": band_flops,
+    "flops": _flops,
     "availability": _availability,
+    "features": FEATURES,  # packed documents too: the mask_mod checks the document (sparse.window_predicate)
     # flex_attention compiles one BlockMask per shape: a decode step would recompile as the cache grows
     "decode": "the mask is compiled into a BlockMask per (Nq, Nk): each step's longer cache would recompile; "
     "sliding_window's ring is this mask's decode step",

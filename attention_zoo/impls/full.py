@@ -12,7 +12,7 @@ from attention_zoo.decode import KVCache, grouped_queries, step_bias
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
-from attention_zoo.registry import register
+from attention_zoo.registry import FEATURES, register
 
 
 class FullAttention(Attention):
@@ -21,7 +21,7 @@ class FullAttention(Attention):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
         self.scale = 1.0 / math.sqrt(problem.head_dim)
-        allowed = problem.allowed_mask() if problem.features & {"causal", "padding"} else None
+        allowed = problem.allowed_mask() if problem.features & {"causal", "padding", "packed"} else None
         # an additive mask built once, so the call does only the attention's own work
         self.score_mask = None if allowed is None else additive_bias(allowed, problem.compute_dtype)
 
@@ -64,7 +64,15 @@ def rectangle_flops(problem: Problem, hparams: Mapping[str, Any]) -> float:
     return 4.0 * problem.batch * problem.q_heads * problem.head_dim * problem.q_len * problem.kv_len
 
 
-@register(family="full", exact=True, time="N^2", memory="N^2", flops_executed=rectangle_flops, decode=True)
+@register(
+    family="full",
+    exact=True,
+    time="N^2",
+    memory="N^2",
+    features=FEATURES,
+    flops_executed=rectangle_flops,
+    decode=True,
+)
 def full(problem: Problem) -> Attention:
     """Textbook softmax(QK^T/sqrt(d) + mask) V with the N x N scores materialised."""
     return FullAttention(problem)

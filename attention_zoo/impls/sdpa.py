@@ -13,7 +13,7 @@ from attention_zoo.errors import first_line
 from attention_zoo.impls.full import rectangle_flops
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
-from attention_zoo.registry import register
+from attention_zoo.registry import FEATURES, register
 
 
 class PinnedSDPA(Attention):
@@ -23,8 +23,9 @@ class PinnedSDPA(Attention):
         super().__init__(problem)
         self.backend = backend
         self.enable_gqa = problem.group_size > 1
-        self.is_causal = problem.causal and problem.q_len == problem.kv_len and problem.kv_valid_lens is None
-        if problem.kv_valid_lens is not None:
+        masked = problem.kv_valid_lens is not None or problem.doc_lens is not None  # padding, packed documents
+        self.is_causal = problem.causal and problem.q_len == problem.kv_len and not masked
+        if masked:
             self.attn_mask = problem.allowed_mask()  # (B, 1, Nq, Nk) bool, built once
         elif problem.causal and not self.is_causal:
             # SDPA's is_causal is top-left aligned; the problem's convention is bottom-right.
@@ -88,6 +89,7 @@ def _backend_availability(backend: SDPBackend):
             head_dim=problem.head_dim,
             causal=problem.causal,
             kv_valid_lens=None if problem.kv_valid_lens is None else (1,),
+            doc_lens=None if problem.doc_lens is None else (q_len - 1, 1) if q_len > 1 else (1,),
             dtype=problem.dtype,
             device=problem.device,
         )
@@ -96,7 +98,8 @@ def _backend_availability(backend: SDPBackend):
     return availability
 
 
-PINNED = {"exact": True, "time": "N^2", "decode": True}  # every backend: exact, quadratic time, a decode step
+# every backend: exact, quadratic time, a decode step, any mask (as attn_mask) the backend's probe accepts
+PINNED = {"exact": True, "time": "N^2", "decode": True, "features": FEATURES}
 
 
 @register(

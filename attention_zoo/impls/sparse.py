@@ -48,7 +48,8 @@ GlobalTokens = Annotated[int, AtLeast(0)]  # leading key positions every query a
 
 def window_predicate(problem: Problem, window: int, global_tokens: int) -> Predicate:
     """allowed(batch_idx, q_idx, kv_idx) -> bool, broadcasting like a flex_attention mask_mod: the one
-    definition of the window + global + causal + padding convention described in the module docstring.
+    definition of the window + global + causal + padding convention described in the module docstring
+    (with packed documents, also: the key is in the query's document).
 
     Branch-free, with every setting a captured tensor, so a compiled flex_attention treats two problems of
     the same shape as the same graph instead of recompiling for each window, offset or causal flag.
@@ -69,7 +70,14 @@ def window_predicate(problem: Problem, window: int, global_tokens: int) -> Predi
         is_global = (kv_idx < g) | ((position >= 0) & (position < g))
         return (in_band | is_global) & (kv_idx <= position + reach) & (kv_idx < valid[batch_idx])
 
-    return allowed
+    if problem.doc_lens is None:
+        return allowed
+    documents = problem.document_ids()
+
+    def within_documents(batch_idx: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return allowed(batch_idx, q_idx, kv_idx) & (documents[q_idx] == documents[kv_idx])
+
+    return within_documents
 
 
 def window_allowed(problem: Problem, window: int, global_tokens: int) -> torch.Tensor:

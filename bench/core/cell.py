@@ -36,6 +36,8 @@ class Cell:
     def cell_id(self) -> str:
         """A stable hash of what is measured, used to resume runs and merge results."""
         spec = {"impl": self.impl, "mode": self.mode, "hparams": dict(self.hparams), **dataclasses.asdict(self.problem)}
+        if spec.get("doc_lens") is None:  # (kept out: the ids of runs, and zoos, from before packing stay valid)
+            spec.pop("doc_lens", None)
         if self.lengths:  # (kept out otherwise: the ids of runs from before the field existed stay valid)
             spec["lengths"] = self.lengths
         if self.inputs != "iid":  # (likewise)

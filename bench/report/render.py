@@ -38,6 +38,7 @@ AXES = (
     "kv",
     "padding",
     "lengths",
+    "documents",
     "inputs",
     "decode_tokens",
 )

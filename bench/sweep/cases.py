@@ -18,7 +18,7 @@ from bench.core.cell import Cell
 from bench.core.modes import MODES
 from bench.errors import BenchConfigError
 from bench.sweep.config import validate_options
-from bench.sweep.lengths import LENGTHS, draw_lengths
+from bench.sweep.lengths import LENGTHS, draw_documents, draw_lengths
 from bench.tasks.mqar import check_task
 
 GLOB_CHARS = set("*?[")
@@ -50,6 +50,7 @@ def _grid_axes(sweep: Mapping[str, Any]) -> list[list]:
         _axis(sweep, "head_dims", (int,)),
         _axis(sweep, "causal", (bool,)),
         _axis(sweep, "padding", (float, int)),
+        _axis(sweep, "documents", (int,)),
         _axis(sweep, "dtypes", (str,)),
         _axis(sweep, "devices", (str,)),
     ]
@@ -62,7 +63,7 @@ def _problems(sweep: Mapping[str, Any], seed: int) -> list[tuple[Problem, float,
     if lengths is not None and lengths not in LENGTHS:
         raise BenchConfigError(f"sweep.lengths={lengths!r} is unknown: allowed are {', '.join(LENGTHS)} or null")
     problems = []
-    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, dtype, device in itertools.product(
+    for seq_len, batch, heads, kv_heads, head_dim, causal, padding, documents, dtype, device in itertools.product(
         *_grid_axes(sweep)
     ):
         if not 0 <= padding < 1:
@@ -77,6 +78,15 @@ def _problems(sweep: Mapping[str, Any], seed: int) -> list[tuple[Problem, float,
         valid_lens = (valid,) * batch if padding else None
         if lengths:
             valid_lens = draw_lengths(lengths, seq_len, batch, seed)
+        if not 1 <= documents <= seq_len:
+            raise BenchConfigError(
+                f"sweep.documents value {documents!r} is invalid: it must be in 1..N (N={seq_len} here)"
+            )
+        if documents > 1 and valid_lens:
+            raise BenchConfigError(
+                f"sweep.documents={documents} with sweep.padding or sweep.lengths: packed documents fill their rows, "
+                "padding gives them an unused tail; give one of them"
+            )
         problem = Problem(
             batch=batch,
             q_heads=heads,
@@ -85,6 +95,7 @@ def _problems(sweep: Mapping[str, Any], seed: int) -> list[tuple[Problem, float,
             head_dim=head_dim,
             causal=causal,
             kv_valid_lens=valid_lens,
+            doc_lens=draw_documents(documents, seq_len, seed) if documents > 1 else None,
             dtype=dtype,
             device=device,
         )
@@ -100,9 +111,10 @@ def _decode_problems(sweep: Mapping[str, Any], problems: list[tuple[Problem, flo
             raise BenchConfigError(f"sweep.decode_tokens value {value!r} is invalid: it must be an integer >= 1")
     if not all(problem.causal for problem, _, _ in problems):
         raise BenchConfigError("sweep.modes has decode, which is causal generation: set sweep.causal=true")
-    if any(problem.kv_valid_lens for problem, _, _ in problems):
+    if any(problem.kv_valid_lens or problem.doc_lens for problem, _, _ in problems):
         raise BenchConfigError(
-            "sweep.modes has decode, whose caches are whole: sweep.padding and sweep.lengths apply to fwd/bwd only"
+            "sweep.modes has decode, whose caches are whole: sweep.padding, sweep.lengths and sweep.documents "
+            "apply to fwd/bwd only"
         )
     context = [problem for problem, _, _ in problems]
     return [dataclasses.replace(p, q_len=t, kv_len=p.q_len + t) for p in context for t in steps]
@@ -113,10 +125,10 @@ def _recall_tasks(plain: Mapping[str, Any], problems: list[tuple[Problem, float,
     pairs = _axis(plain["sweep"], "kv_pairs", (int,))
     if not all(problem.causal for problem, _, _ in problems):
         raise BenchConfigError("sweep.modes has recall, which trains a causal language model: set sweep.causal=true")
-    if any(problem.kv_valid_lens for problem, _, _ in problems):
+    if any(problem.kv_valid_lens or problem.doc_lens for problem, _, _ in problems):
         raise BenchConfigError(
-            "sweep.modes has recall, whose MQAR sequences are whole: sweep.padding and sweep.lengths apply to "
-            "fwd/bwd only"
+            "sweep.modes has recall, whose MQAR sequences are whole: sweep.padding, sweep.lengths and "
+            "sweep.documents apply to fwd/bwd only"
         )
     vocab = plain["recall"]["vocab_size"]
     for problem, _, _ in problems:

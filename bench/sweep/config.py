@@ -60,6 +60,7 @@ class SweepConfig:
     padding: Any = 0.0  # fraction of each sequence's keys that are padding, in [0, 1)
     # ragged batches: each sequence's valid length drawn (seeded) from uniform, longtail or bimodal; null: none
     lengths: Any = None
+    documents: Any = 1  # packed rows: documents per row of N tokens, block-diagonal mask (bench/sweep/lengths.py)
     # what q, k, v are drawn from for the error metric (and the timing): iid, local, retrieval, low_rank
     inputs: Any = "iid"
     decode_tokens: Any = 1  # decode mode: new tokens per step (T; a few for speculative decoding)

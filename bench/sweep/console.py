@@ -16,7 +16,7 @@ from tqdm import tqdm
 from bench.report.style import entry_order
 
 SUMMARY_AXES = [
-    "impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "lengths", "inputs",
+    "impl", "mode", "batch", "q_heads", "kv_heads", "head_dim", "causal", "padding", "lengths", "documents", "inputs",
     "decode_tokens", "dtype", "device",
 ]  # fmt: skip
 REASON_CHARS = 48  # a failed cell's reason in the summary, cut to this

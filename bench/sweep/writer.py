@@ -64,6 +64,7 @@ def cell_columns(cell: Cell) -> dict[str, Any]:
         "causal": p.causal,
         "padding": cell.padding,
         "lengths": cell.lengths,
+        "documents": len(p.doc_lens) if p.doc_lens else 1,
         "inputs": cell.inputs,
         "decode_tokens": p.q_len if cell.mode == "decode" else None,
         **{column: (cell.task or {}).get(column) for column in TASK_COLUMNS},
