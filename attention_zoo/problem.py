@@ -58,9 +58,9 @@ class Problem:
     head_dim: int = 64
     causal: bool = False
     kv_valid_lens: tuple[int, ...] | None = None  # None: no padding
-    doc_lens: tuple[int, ...] | None = None  # None: one document per row; else packed documents (see above)
     dtype: str = "float32"
     device: str = "cpu"
+    doc_lens: tuple[int, ...] | None = None  # None: one document per row; else packed documents (see above)
 
     def __post_init__(self) -> None:
         if self.kv_heads is None:

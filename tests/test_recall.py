@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import rows as results
+from bench.report.render import write_report
 from bench.sweep.cases import expand
 from bench.sweep.config import compose_config
 from bench.sweep.run import run
@@ -97,6 +98,9 @@ def test_recall_cells_give_a_row_per_entry_and_task_with_time_and_accuracy(tmp_p
     assert (rows.loc["linformer", "status"] == "unsupported").all()  # not causal: no language model
     assert rows.loc["linformer", "reason"].str.contains("causal").all()
     assert (rows.loc["flex_sliding_window", "status"] == "unsupported").all()  # no backward on CPU
+    report = (write_report([tmp_path]).parent / "report.md").read_text()
+    assert "## Recall: MQAR accuracy against speed" in report and "![recall](recall.png)" in report
+    assert "N=32, 2 key-value pairs: exact full" in report and (tmp_path / "recall.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,7 @@ def test_recall_cells_give_a_row_per_entry_and_task_with_time_and_accuracy(tmp_p
     [
         (["sweep.kv_pairs=[20]"], "sweep.kv_pairs=20 with sweep.seq_lens=32: MQAR with N=32 takes 1..8 key-value"),
         (["sweep.causal=false"], "sweep.modes has recall, which trains a causal language model: set sweep.causal=true"),
-        (["sweep.padding=0.5"], "sweep.padding and sweep.lengths apply to fwd/bwd only"),
+        (["sweep.padding=0.5"], "sweep.padding, sweep.lengths and sweep.documents apply to fwd/bwd only"),
         (["recall.steps=0"], "recall.steps=0 is invalid"),
         (["recall.power_a=2.0"], "recall.power_a=2.0 is invalid"),
         (["recall.vocab_size=8"], "MQAR with vocab_size=8 has 3 keys, fewer than 4 pairs"),

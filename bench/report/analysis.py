@@ -333,7 +333,15 @@ def headlines(rows: pd.DataFrame, crossing: pd.DataFrame, error_budget: float, b
             closest = approximate.sort_values("error_rel_l2").iloc[0]
             items.append(
                 f"No approximate entry is within rel. L2 error {error_budget:g} at N={n} "
-                f"(the closest: {closest['series']}, {_g(closest['error_rel_l2'])})."
+                f"(the closest: {closest['series']}, {_g(closest['error_rel_l2'])}{_recall_text(closest)})."
+            )
+        finders = approximate[approximate["needle_recall"].notna()] if "needle_recall" in approximate else []
+        if len(finders):  # retrieval inputs: who found the needles
+            ranked = finders.sort_values("needle_recall", ascending=False).drop_duplicates("series").head(3)
+            items.append(
+                f"Most needles found by an approximate entry at N={n}: "
+                + ", ".join(f"{c['series']} {100 * c['needle_recall']:.0f}%" for c in ranked.to_dict("records"))
+                + "."
             )
         memory = [
             (what, part[part["peak_bytes"].notna()]) for what, part in (("exact", exact), ("approximate", within))

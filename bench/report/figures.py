@@ -210,6 +210,12 @@ def speedup_figure(speedup: pd.DataFrame, baseline: str, styles: dict):
     return figure
 
 
+def plain_log_ticks(axis) -> None:
+    """Major ticks of a log axis as plain numbers, minor ones unlabelled (their labels overlap on short ranges)."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def frontier(cells: pd.DataFrame, value: str = "error_rel_l2", higher_is_better: bool = False) -> pd.DataFrame:
     """The Pareto frontier of (time, value): cells no other cell beats on both, fastest first."""
     ordered = cells[cells["time_ms_median"].notna() & cells[value].notna()]
@@ -250,6 +256,7 @@ def accuracy_figure(accuracy: pd.DataFrame, n_values: list[int], baseline_ms: di
         if (panel, n) in baseline_ms:
             ax.axvline(baseline_ms[(panel, n)], color="black", linewidth=1.2, label="baseline time")
         ax.set(xscale="log", yscale="log", xlabel="time (ms, median)", ylabel="rel. L2 error vs full")
+        plain_log_ticks(ax.xaxis)
         ax.set_title(f"{panel}  N={n}" if panel else f"N={n}")
     figure_legend(figure)
     return figure

@@ -16,10 +16,13 @@ SETTING = ["seq_len", "kv_pairs"]  # one figure panel and one headline per setti
 
 
 def recall_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[rows["mode"] == "recall"] if "mode" in rows.columns else rows.iloc[:0]
+    """The recall rows; none from results written before recall mode existed (they lack its columns)."""
+    return rows[rows["mode"] == "recall"] if {"mode", "accuracy"} <= set(rows.columns) else rows.iloc[:0]
 
 
 def _ok(recall: pd.DataFrame) -> pd.DataFrame:
+    if not len(recall):
+        return recall
     return recall[(recall["status"] == "ok") & recall["accuracy"].notna()]
 
 
@@ -42,6 +45,7 @@ def recall_figure(recall: pd.DataFrame, styles: dict):
         figures.mark_frontier(ax, front.assign(accuracy=100 * front["accuracy"]), "accuracy")
         ax.set(xscale="log", xlabel="attention fwd_bwd time at the model's shape (ms, median)",
                ylabel="MQAR accuracy (%)", ylim=(-3, 103), title=_setting(n, pairs))  # fmt: skip
+        figures.plain_log_ticks(ax.xaxis)
     figures.figure_legend(figure)
     return figure
 
@@ -78,22 +82,22 @@ def recall_headlines(recall: pd.DataFrame, margin: float) -> list[dict]:
     exact accuracy (or the most accurate approximate one, if none is)."""
     items = []
     ok = _ok(recall)
-    for (n, pairs), cells in ok.groupby(SETTING):
+    for (n, pairs), cells in ok.groupby(SETTING) if len(ok) else []:
         line = []
         exact, approximate = cells[cells["exact"].astype(bool)], cells[~cells["exact"].astype(bool)]
         if len(exact):
             best = exact["accuracy"].max()
-            ranked = exact.sort_values("accuracy", ascending=False)
-            line.append("exact " + ", ".join(f"{c['series']} {100 * c['accuracy']:.1f}%" for _, c in ranked.iterrows()))
+            ranked = exact.sort_values("accuracy", ascending=False).to_dict("records")
+            line.append("exact " + ", ".join(f"{c['series']} {100 * c['accuracy']:.1f}%" for c in ranked))
             within = approximate[approximate["accuracy"] >= best - margin].sort_values("time_ms_median")
             if len(within):
-                c = within.iloc[0]
+                c = within.head(1).to_dict("records")[0]
                 line.append(
                     f"fastest approximate within {100 * margin:.0f} points of it: {c['series']} "
                     f"{100 * c['accuracy']:.1f}% at {c['time_ms_median']:.3g} ms{marks(c)}"
                 )
         if len(approximate) and not any(part.startswith("fastest") for part in line):
-            c = approximate.sort_values("accuracy", ascending=False).iloc[0]
+            c = approximate.sort_values("accuracy", ascending=False).head(1).to_dict("records")[0]
             line.append(f"best approximate: {c['series']} {100 * c['accuracy']:.1f}%")
         items.append(f"{_setting(n, pairs)}: " + "; ".join(line) + ".")
     return [{"panel": "recall (MQAR)", "items": items}] if items else []
