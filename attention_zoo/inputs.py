@@ -28,6 +28,7 @@ Values are always i.i.d. N(0, 1): they carry the content, the structure is in q 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,10 @@ class Inputs:
     k: torch.Tensor
     v: torch.Tensor
     needles: torch.Tensor | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Unpacks as q, k, v, like Problem.make_inputs."""
+        return iter((self.q, self.k, self.v))
 
 
 def low_rank(head_dim: int) -> int:

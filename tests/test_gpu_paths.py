@@ -91,10 +91,8 @@ def test_inputs_are_drawn_once_per_problem_and_copied_per_cell() -> None:
     problem, other = z.Problem(q_heads=2, q_len=16, head_dim=8), z.Problem(q_heads=2, q_len=24, head_dim=8)
     first = measure.cell_inputs(problem, seed=0, requires_grad=False)
     second = measure.cell_inputs(problem, seed=0, requires_grad=True)
-    for a, b, drawn in zip(
-        (first.q, first.k, first.v), (second.q, second.k, second.v), problem.make_inputs(seed=0), strict=True
-    ):
+    for a, b, drawn in zip(first, second, problem.make_inputs(seed=0), strict=True):
         assert torch.equal(a, drawn) and torch.equal(b, drawn)
         assert a.data_ptr() != b.data_ptr() and b.requires_grad and not a.requires_grad
     measure.cell_inputs(other, seed=0, requires_grad=False)
-    assert list(measure._INPUTS) == [(other, "iid", 0)]  # only the latest problem's are kept
+    assert list(measure._INPUTS) == [(other, 0)]  # only the latest problem's are kept

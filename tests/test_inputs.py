@@ -121,3 +121,17 @@ def test_the_inputs_axis_gives_a_row_per_distribution_with_the_metrics_of_each(t
     assert window.loc["local", "error_rel_l2"] < 0.1 < window.loc["iid", "error_rel_l2"]
     assert window.loc["retrieval", "needle_recall"] < 0.5
     assert len(set(results.load(tmp_path)["cell_id"])) == 8
+
+
+def test_a_decode_step_on_retrieval_inputs_finds_its_needles_when_exact() -> None:
+    from bench.core.cell import Cell
+    from bench.sweep.measure import measure_cell
+
+    problem = z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=4, kv_len=260, head_dim=32, causal=True)
+    timing = {"warmup_calls": 0, "warmup_s": 0.0, "min_samples": 1, "max_samples": 2, "budget_s": 0.0}
+    exact = measure_cell(Cell("sdpa_flash", problem, "decode", {}, 0.0, inputs="retrieval"), timing, 0)
+    assert exact["needle_recall"] == 1.0 and exact["error_cosine"] == pytest.approx(1.0, abs=1e-5)
+    window = measure_cell(Cell("sliding_window", problem, "decode", {"window": 8}, 0.0, inputs="retrieval"), timing, 0)
+    assert window["needle_recall"] < 0.5  # most needles lie farther back than 8 keys
+    q, k, v = draw_inputs(problem, "local", seed=0)  # unpacks like Problem.make_inputs
+    assert q.shape == (2, 4, 4, 32) and k.shape == v.shape == (2, 2, 260, 32)

@@ -18,18 +18,18 @@ from bench.sweep.decode import measure_decode
 from bench.sweep.timing import measured_columns, on_device, synchronize, timer_for
 from bench.tasks.train import train_recall
 
-_INPUTS: dict[tuple[Problem, str, int], Inputs] = {}  # see cell_inputs
+_INPUTS: dict[tuple, Inputs] = {}  # see cell_inputs
 
 
 def cell_inputs(problem: Problem, seed: int, requires_grad: bool, distribution: str = "iid") -> Inputs:
     """Fresh copies of the problem's inputs, drawn once per problem and distribution (drawn in float64 on the
     host: seconds at N = 16k); cells run problem by problem, so the latest problem's are kept, on its device."""
-    key = (problem, distribution, seed)
+    key = (problem, seed) if distribution == "iid" else (problem, seed, distribution)
     if key not in _INPUTS:
         _INPUTS.clear()  # the previous problem's go before this one's are drawn
         _INPUTS[key] = draw_inputs(problem, distribution, seed)
     drawn = _INPUTS[key]
-    q, k, v = (x.clone().requires_grad_(requires_grad) for x in (drawn.q, drawn.k, drawn.v))
+    q, k, v = (x.clone().requires_grad_(requires_grad) for x in drawn)
     return Inputs(q, k, v, drawn.needles)
 
 
