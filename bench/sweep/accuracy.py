@@ -51,5 +51,5 @@ def error_vs_exact(problem: Problem, out: torch.Tensor, inputs: Inputs) -> dict[
         allowed = problem.allowed_mask(rows)
         exact = dense_attention(q[:, :, rows], k, v, allowed)  # (B, Hq, rows, D)
         needles = None if inputs.needles is None else inputs.needles[:, :, rows]
-        recall = needle_recall(out.detach()[:, :, rows], v, needles, allowed)
-        return {**error_metrics(out.detach()[:, :, rows], exact), "needle_recall": recall}
+        sampled = out.detach()[:, :, rows]
+        return {**error_metrics(sampled, exact), "needle_recall": needle_recall(sampled, v, needles, allowed)}

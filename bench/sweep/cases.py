@@ -103,19 +103,27 @@ def _problems(sweep: Mapping[str, Any], seed: int) -> list[tuple[Problem, float,
     return problems
 
 
+def _require_whole_causal_rows(
+    problems: list[tuple[Problem, float, str]], mode: str, why_causal: str, why_whole: str
+) -> None:
+    """A mode that generates causally over whole rows (decode, recall): one line if a problem is not causal,
+    or is padded, ragged or packed."""
+    if not all(problem.causal for problem, _, _ in problems):
+        raise BenchConfigError(f"sweep.modes has {mode}, {why_causal}: set sweep.causal=true")
+    if any(problem.kv_valid_lens or problem.doc_lens for problem, _, _ in problems):
+        raise BenchConfigError(
+            f"sweep.modes has {mode}, {why_whole}: sweep.padding, sweep.lengths and sweep.documents apply to "
+            "fwd/bwd only"
+        )
+
+
 def _decode_problems(sweep: Mapping[str, Any], problems: list[tuple[Problem, float, str]]) -> list[Problem]:
     """The decode problem of each grid problem and step length T: T queries against L + T keys, L = seq_len."""
     steps = _axis(sweep, "decode_tokens", (int,))
     for value in steps:
         if value < 1:
             raise BenchConfigError(f"sweep.decode_tokens value {value!r} is invalid: it must be an integer >= 1")
-    if not all(problem.causal for problem, _, _ in problems):
-        raise BenchConfigError("sweep.modes has decode, which is causal generation: set sweep.causal=true")
-    if any(problem.kv_valid_lens or problem.doc_lens for problem, _, _ in problems):
-        raise BenchConfigError(
-            "sweep.modes has decode, whose caches are whole: sweep.padding, sweep.lengths and sweep.documents "
-            "apply to fwd/bwd only"
-        )
+    _require_whole_causal_rows(problems, "decode", "which is causal generation", "whose caches are whole")
     context = [problem for problem, _, _ in problems]
     return [dataclasses.replace(p, q_len=t, kv_len=p.q_len + t) for p in context for t in steps]
 
@@ -123,13 +131,9 @@ def _decode_problems(sweep: Mapping[str, Any], problems: list[tuple[Problem, flo
 def _recall_tasks(plain: Mapping[str, Any], problems: list[tuple[Problem, float, str]]) -> list[dict[str, Any]]:
     """One recall task per sweep.kv_pairs value (the recall config beside it), checked against every problem."""
     pairs = _axis(plain["sweep"], "kv_pairs", (int,))
-    if not all(problem.causal for problem, _, _ in problems):
-        raise BenchConfigError("sweep.modes has recall, which trains a causal language model: set sweep.causal=true")
-    if any(problem.kv_valid_lens or problem.doc_lens for problem, _, _ in problems):
-        raise BenchConfigError(
-            "sweep.modes has recall, whose MQAR sequences are whole: sweep.padding, sweep.lengths and "
-            "sweep.documents apply to fwd/bwd only"
-        )
+    _require_whole_causal_rows(
+        problems, "recall", "which trains a causal language model", "whose MQAR sequences are whole"
+    )
     vocab = plain["recall"]["vocab_size"]
     for problem, _, _ in problems:
         for count in pairs:
