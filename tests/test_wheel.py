@@ -45,6 +45,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "hydra_plugins",
     }
     assert "bench/conf/config.yaml" in names and "bench/report/templates/report.html.j2" in names
+    assert "attention_zoo/impls/decode_kernel.c" in names  # compiled at first use by the installed package
     venv = work / "venv"
     assert _run([sys.executable, "-m", "venv", "--without-pip", venv], work).returncode == 0
     python = venv / "bin" / "python"

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import torch
 
 from attention_zoo.decode import KVCache, grouped_queries, new_token_mask
+from attention_zoo.impls import decode_kernel
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
@@ -173,16 +174,27 @@ class BlockwiseAttention(Attention):
         return KVCache.from_context(k, v, self.problem.q_len)
 
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache):
-        """Flash-decoding (split-K): the cache cut into k_tile chunks, each chunk's softmax statistics and
-        weighted values computed at once (one batched product over the chunks), combined by log-sum-exp.
+        """Flash-decoding: the CPU kernel (decode_kernel.c: the cache streamed once in chunks, online softmax,
+        split-K across threads) where it builds, otherwise split-K in PyTorch (`_split_k`). `kernel` says which."""
+        cache = cache.append(k, v)
+        q_rows = grouped_queries(q.to(self.problem.compute_dtype) * self.scale, k.shape[1])  # (B, Hkv, G*T, D)
+        if decode_kernel.unavailable(cache.keys.dtype, q.device) is None:
+            self.kernel = "c_flash_decode"
+            out = decode_kernel.flash_decode(q_rows, cache.keys, cache.values, q.shape[2])
+        else:
+            self.kernel = "torch_split_k"
+            out = self._split_k(q_rows, cache, q.shape[2])
+        return out.view(q.shape).to(q.dtype), cache
+
+    def _split_k(self, q_rows: torch.Tensor, cache: KVCache, steps: int) -> torch.Tensor:
+        """The cache cut into k_tile chunks, each chunk's softmax statistics and weighted values computed at once
+        (one batched product over the chunks), combined by log-sum-exp.
 
         A T-query step has too few query rows to tile; splitting the keys is what gives the work its width.
         The keys before the step are seen by every new query; the step's own T keys form one more, masked, part.
         """
-        cache = cache.append(k, v)
-        compute, steps, k_tile = self.problem.compute_dtype, q.shape[2], self.tiling.k_tile
+        compute, k_tile = self.problem.compute_dtype, self.tiling.k_tile
         keys, values = cache.keys.to(compute), cache.values.to(compute)  # (B, Hkv, L+T, D); no copy in float32
-        q_rows = grouped_queries(q.to(compute) * self.scale, keys.shape[1])  # (B, Hkv, G*T, D)
         context = keys.shape[2] - steps
         whole = context // k_tile * k_tile
         parts = []
@@ -194,12 +206,11 @@ class BlockwiseAttention(Attention):
             rest = slice(whole, context)
             parts.append(_partial((q_rows @ keys[:, :, rest].transpose(-1, -2)).unsqueeze(2), values[:, :, None, rest]))
         own = q_rows @ keys[:, :, context:].transpose(-1, -2)  # (B, Hkv, G*T, T)
-        allowed = new_token_mask(steps, q.device).repeat(own.shape[2] // steps, 1)
+        allowed = new_token_mask(steps, q_rows.device).repeat(own.shape[2] // steps, 1)
         parts.append(_partial(own.masked_fill(~allowed, float("-inf")).unsqueeze(2), values[:, :, None, context:]))
         row_max, row_sum, acc = (torch.cat(x, dim=2) for x in zip(*parts, strict=True))  # (B, Hkv, S', G*T, .)
         weight = (row_max - row_max.amax(dim=2, keepdim=True)).exp_()
-        out = (weight * acc).sum(2) / (weight * row_sum).sum(2)
-        return out.view(q.shape).to(q.dtype), cache
+        return (weight * acc).sum(2) / (weight * row_sum).sum(2)
 
 
 def _partial(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
