@@ -3,7 +3,7 @@
  * A decode step is memory-bound: each cached key and value is read once and used by a handful of query rows
  * (the G query heads of a group times the T new tokens), a GEMM with N = G*T columns, which BLAS runs at a
  * fraction of the memory bandwidth. This kernel streams the cache in chunks of CHUNK keys: the scores of every
- * row against the chunk (each key row held in L1 while every query row takes its dot product), FlashAttention's
+ * row against the chunk (each key row held in L1 while blocks of four query rows take their dot products together), FlashAttention's
  * online softmax (running max and sum per row), and the exp-weighted
  * values accumulated in registers; the next chunk is prefetched while one is computed. The keys are split across
  * threads (split-K) when there are fewer (batch, head) units than threads, and the splits' partials are combined
@@ -23,9 +23,10 @@
 #include <immintrin.h>
 #endif
 
-/* Keys per chunk; the next chunk's keys and values are prefetched into L2 (prefetcht1) while one is computed.
- * Measured on a 2-core AMD EPYC VM, 32k keys, D = 128, one thread: chunks of 32-256 keys within noise of each
- * other with L2 prefetch one chunk ahead (18-25 ms); prefetching into L1 or two chunks ahead was slower (24-36 ms). */
+/* Keys per chunk; the next chunk's keys and values are prefetched into L2 (prefetcht1), one cache line per
+ * vector of work, while one is computed. Measured on a 2-core AMD EPYC VM (32k keys, D = 128, one thread): without
+ * software prefetch 37-44 ms (its hardware prefetch does not keep up), prefetching into L2 one chunk ahead 18-25 ms,
+ * into L1 or two chunks ahead slower; chunks of 32-256 keys within noise of each other. */
 #define CHUNK 64
 #define PREFETCH_L2 2
 #define MIN_SPLIT_KEYS 1024 /* a thread's split of one unit's keys is at least this long */
@@ -73,39 +74,43 @@ static void widen(const void *base, int dtype, int64_t index, int64_t count, flo
     for (; i < count; i++) dst[i] = (float)src[i];
 }
 
-/* scores[r * CHUNK + j] = q_r . key_j for the chunk's `width` keys, the key row held in L1 across the rows. The
- * cache lines of a later chunk's keys and values (`ahead_k`, `ahead_v`; NULL: none) are prefetched on the way. */
+/* scores[r * CHUNK + j] = q_r . key_j for the chunk's `width` keys; rows is a multiple of ROW_BLOCK, whose dot
+ * products are taken together (independent FMA chains, the key's lanes loaded once). The next chunk's keys
+ * (`ahead`; NULL: none) are prefetched on the way. */
 static void chunk_scores(const float *restrict q, const float *restrict keys, int64_t rows, int64_t dim,
-                         int64_t width, float *restrict scores, const char *ahead_k, const char *ahead_v) {
-    const int64_t whole = dim / LANES * LANES, row_bytes = dim * (int64_t)sizeof(float);
+                         int64_t width, float *restrict scores, const float *ahead) {
+    const int64_t whole = dim / LANES * LANES;
     for (int64_t j = 0; j < width; j++) {
         const float *key = keys + j * dim;
-        if (ahead_k)
-            for (int64_t b = 0; b < row_bytes; b += 64)
-                __builtin_prefetch(ahead_k + j * row_bytes + b, 0, PREFETCH_L2),
-                    __builtin_prefetch(ahead_v + j * row_bytes + b, 0, PREFETCH_L2);
-        for (int64_t r = 0; r < rows; r++) {
-            const float *x = q + r * dim;
-            vec a = {0};
-            for (int64_t d = 0; d < whole; d += LANES) a += load(x + d) * load(key + d);
-            float total = 0.0f;
-            for (int i = 0; i < LANES; i++) total += a[i];
-            for (int64_t d = whole; d < dim; d++) total += x[d] * key[d];
-            scores[r * CHUNK + j] = total;
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            vec a[ROW_BLOCK] = {{0}};
+            for (int64_t d = 0; d < whole; d += LANES) {
+                if (ahead && r0 == 0) __builtin_prefetch(ahead + j * dim + d, 0, PREFETCH_L2);
+                const vec x = load(key + d);
+                UNROLLED for (int rr = 0; rr < ROW_BLOCK; rr++) a[rr] += load(q + (r0 + rr) * dim + d) * x;
+            }
+            UNROLLED for (int rr = 0; rr < ROW_BLOCK; rr++) {
+                const float *qr = q + (r0 + rr) * dim;
+                float total = 0.0f;
+                for (int i = 0; i < LANES; i++) total += a[rr][i];
+                for (int64_t d = whole; d < dim; d++) total += qr[d] * key[d];
+                scores[(r0 + rr) * CHUNK + j] = total;
+            }
         }
     }
 }
 
 /* acc[r] += sum_j p[r * CHUNK + j] value_j: the accumulators of ROW_BLOCK rows for one vector of lanes held in
- * registers while the chunk's values stream past */
+ * registers while the chunk's values stream past; the next chunk's values (`ahead`; NULL: none) are prefetched. */
 static void chunk_values(const float *restrict p, const float *restrict values, int64_t rows, int64_t dim,
-                         int64_t width, float *restrict acc) {
+                         int64_t width, float *restrict acc, const float *ahead) {
     const int64_t whole = dim / LANES * LANES;
     for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
         for (int64_t d = 0; d < whole; d += LANES) {
             vec a[ROW_BLOCK];
             UNROLLED for (int rr = 0; rr < ROW_BLOCK; rr++) a[rr] = load(acc + (r0 + rr) * dim + d);
             for (int64_t j = 0; j < width; j++) {
+                if (ahead && r0 == 0) __builtin_prefetch(ahead + j * dim + d, 0, PREFETCH_L2);
                 const vec x = load(values + j * dim + d);
                 UNROLLED for (int rr = 0; rr < ROW_BLOCK; rr++) a[rr] += p[(r0 + rr) * CHUNK + j] * x;
             }
@@ -135,8 +140,7 @@ static int partial(const Job *job, int64_t unit, int64_t begin, int64_t end, flo
         const float *keys = (const float *)job->k + base + start * dim;
         const int ahead = !wide && start + 2 * CHUNK <= end;
         if (wide) widen(job->k, job->dtype, base + start * dim, width * dim, wide), keys = wide;
-        chunk_scores(q, keys, padded, dim, width, scores, ahead ? (const char *)(keys + CHUNK * dim) : NULL,
-                     ahead ? (const char *)((const float *)job->v + base + (start + CHUNK) * dim) : NULL);
+        chunk_scores(q, keys, padded, dim, width, scores, ahead ? keys + CHUNK * dim : NULL);
         for (int64_t r = 0; r < rows; r++) {
             /* new query t sees the keys before the step and the step's own keys up to its own */
             const int64_t allowed = job->keys - steps + (r % steps) + 1;
@@ -155,7 +159,7 @@ static int partial(const Job *job, int64_t unit, int64_t begin, int64_t end, flo
         }
         const float *values = (const float *)job->v + base + start * dim;
         if (wide) widen(job->v, job->dtype, base + start * dim, width * dim, wide), values = wide;
-        chunk_values(scores, values, padded, dim, width, sums);
+        chunk_values(scores, values, padded, dim, width, sums, ahead ? values + CHUNK * dim : NULL);
     }
     memcpy(acc, sums, sizeof(float) * rows * dim);
     free(q), free(scores), free(sums), free(wide);
