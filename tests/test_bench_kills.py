@@ -89,9 +89,10 @@ def test_a_kill_at_every_write_of_a_resume_loses_no_row(tmp_path):
 
 def test_ctrl_c_prints_one_line_exits_130_and_leaves_a_resumable_folder(tmp_path):
     run_dir = tmp_path / "run"
-    # each cell samples for two seconds, so the interrupt lands inside one even when this process is
-    # starved on a busy machine and sees the first row late (at half a second a loaded CI host let the run finish)
-    args = [*TINY, "impls.patterns=[full,sdpa_math]", "timing.budget_s=2", "timing.max_samples=100000",
+    # each cell samples for five seconds, so the interrupt lands inside one even when this process is
+    # starved on a busy machine and sees the first row late (at half a second, and once at two, a loaded CI host
+    # let the run finish its four cells before the interrupt)
+    args = [*TINY, "impls.patterns=[full,sdpa_math]", "timing.budget_s=5", "timing.max_samples=100000",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     child = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
