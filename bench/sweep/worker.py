@@ -74,6 +74,7 @@ def _kernel_oom_kills() -> int | None:
 def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -> None:
     """The worker's loop: receive (task, args), reply ("ok", value) or (status, reason) until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the runner while it started us
     _die_with_parent(parent_pid)
     # a SIGTERM sent to the whole job (SLURM's scancel and time limit, a kill of the process group) is the
     # runner's to handle: dying of it first would make the runner record the cell in flight as failed
@@ -125,13 +126,15 @@ class Worker:
             self._process = context.Process(
                 target=serve, args=(child_conn, os.getpid(), self.threads, self.imports), name="bench-worker"
             )
-            # SIGINT ignored from the start (an ignored signal stays ignored in the new interpreter): a Ctrl-C
-            # while it imports torch must not print its traceback
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # SIGINT blocked while it starts: the new interpreter inherits the mask, so a Ctrl-C while it imports
+            # torch stays pending there until serve() ignores it (no traceback); here it stays pending until the
+            # mask is lifted and then interrupts the runner (ignoring it here instead would lose a Ctrl-C that lands
+            # while a worker starts, as one did between two cells)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 self._process.start()
             finally:
-                signal.signal(signal.SIGINT, previous)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             child_conn.close()
             # importing torch takes seconds: wait here, so that start-up never counts against a cell's deadline
             try:
