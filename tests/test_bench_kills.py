@@ -87,6 +87,13 @@ def test_a_kill_at_every_write_of_a_resume_loses_no_row(tmp_path):
     assert not list(tmp_path.glob(writer.TEMPORARY_GLOB))  # the killed writes' leftovers are cleared
 
 
+def _as_a_terminal_job():
+    """Ctrl-C reaches a job a terminal runs: a shell without job control starts its background commands
+    with SIGINT ignored, and pytest may be one of them (`.ci/run &`), which the child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_prints_one_line_exits_130_and_leaves_a_resumable_folder(tmp_path):
     run_dir = tmp_path / "run"
     # each cell samples for five seconds, so the interrupt lands inside one even when this process is
@@ -95,7 +102,8 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_a_resumable_folder(tmp_path
     args = [*TINY, "impls.patterns=[full,sdpa_math]", "timing.budget_s=5", "timing.max_samples=100000",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     child = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             preexec_fn=_as_a_terminal_job, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
     rows_csv, deadline = run_dir / "rows.csv", time.monotonic() + 120
     while not (rows_csv.exists() and rows_csv.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.05)  # until the first row is written: the second cell is running now
