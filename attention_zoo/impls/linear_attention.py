@@ -46,6 +46,19 @@ def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
     return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
 
 
+def prefix_sums_(x: torch.Tensor) -> torch.Tensor:
+    """x's inclusive prefix sums over dim 1 (the chunks), in place.
+
+    On the CPU one add per chunk over the rest: torch's cumsum over a dimension that is not the innermost
+    runs a strided scalar loop, 5x slower here at 64 chunks of 64 x 64 states (9.8 ms against 1.8 ms).
+    """
+    if x.device.type != "cpu":
+        return x.cumsum_(1)
+    for i in range(1, x.shape[1]):
+        x[:, i].add_(x[:, i - 1])
+    return x
+
+
 class _CausalChunks(torch.autograd.Function):
     """Causal linear attention over chunks, forward and a hand-written backward (the same chunked sums in reverse).
 
@@ -67,8 +80,8 @@ class _CausalChunks(torch.autograd.Function):
     def forward(ctx, qc, kc, vc, s0, z0, mask):  # qc (X, nc, G*c, d); kc (X, nc, c, d); vc (X, nc, c, e)
         states = kc.transpose(-1, -2) @ vc  # (X, nc, d, e)
         norms = kc.sum(-2)  # (X, nc, d)
-        s_before = torch.cat([s0[:, None], states[:, :-1]], dim=1).cumsum_(1)  # exclusive prefix sums + s0
-        z_before = torch.cat([z0[:, None], norms[:, :-1]], dim=1).cumsum_(1)
+        s_before = prefix_sums_(torch.cat([s0[:, None], states[:, :-1]], dim=1))  # exclusive prefix sums + s0
+        z_before = prefix_sums_(torch.cat([z0[:, None], norms[:, :-1]], dim=1))
         scores = (qc @ kc.transpose(-1, -2)).mul_(mask)  # A (X, nc, G*c, c)
         num = torch.matmul(qc, s_before).add_(scores @ vc)
         den = (qc @ z_before[..., None]).add_(scores.sum(-1, keepdim=True))  # (X, nc, G*c, 1)
@@ -88,8 +101,8 @@ class _CausalChunks(torch.autograd.Function):
         d_states = qc.transpose(-1, -2) @ gn  # (X, nc, d, e): what each chunk's S_before received
         d_norms = (qc * gd).sum(-2)  # (X, nc, d)
         s_total, z_total = d_states.sum(1), d_norms.sum(1)
-        s_after = d_states.cumsum(1).neg_().add_(s_total[:, None])  # sums over later chunks
-        z_after = d_norms.cumsum(1).neg_().add_(z_total[:, None])
+        s_after = prefix_sums_(d_states.clone()).neg_().add_(s_total[:, None])  # sums over later chunks
+        z_after = prefix_sums_(d_norms.clone()).neg_().add_(z_total[:, None])
         dk = (d_scores.transpose(-1, -2) @ qc).add_(vc @ s_after.transpose(-1, -2)).add_(z_after[..., None, :])
         dv = (scores.transpose(-1, -2) @ gn).add_(kc @ s_after)
         return dq, dk, dv, s_total, z_total, None

@@ -1,0 +1,28 @@
+"""linear_attention's chunked causal path: the prefix sums over chunks, and many chunks against float64."""
+
+import torch
+
+import attention_zoo as z
+from attention_zoo.impls.linear_attention import prefix_sums_
+from attention_zoo.reference import TOLERANCES, normalised_max_error
+
+
+def test_prefix_sums_are_cumsum_over_the_chunks_in_place() -> None:
+    x = torch.randn(3, 9, 4, 5, dtype=torch.float64)
+    expected = x.cumsum(1)
+    assert prefix_sums_(x) is x
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+
+
+def test_many_chunks_forward_and_gradients_match_float64() -> None:
+    problem = z.Problem(q_len=1000, q_heads=4, kv_heads=2, head_dim=16, causal=True)
+    attention = z.get("linear_attention").build(problem, causal_chunk=64)  # 16 chunks, the last one short
+    q, k, v = (torch.randn(1, h, 1000, 16, requires_grad=True) for h in (4, 2, 2))
+    out = attention(q, k, v)
+    reference = attention.dense_reference(q, k, v)
+    assert normalised_max_error(out, reference) < TOLERANCES["float32"]
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = torch.autograd.grad(reference, (q, k, v), grad.double())
+    for a, b in zip(ours, theirs, strict=True):
+        assert normalised_max_error(a, b) < TOLERANCES["float32"]
