@@ -19,7 +19,25 @@ import attention_zoo as z
 from attention_zoo.reference import TOLERANCES, normalised_max_error
 
 DTYPES = ("float16", "bfloat16", "float32")
-CASES = [(name, shape, dtype) for name in z.list_impls() for shape in SHAPES for dtype in DTYPES]
+# (test, entry, shape, dtype) -> why it fails: faults outside this project's code, seen on a GPU (an H200,
+# torch 2.11); not strict, since a GPU's reduction order (and so the rounding) may differ from machine to machine
+KNOWN_FAILURES = {
+    ("gradients", "peer_performer", "causal", "bfloat16"): "performer_pytorch's causal path without its CUDA "
+    "extension (causal_linear_attention_noncuda) keeps its (m x D) prefix sums in the input dtype: in bfloat16 "
+    "dq was 4.9e-2 off (tolerance 3e-2)",
+}
+
+
+def _cases(test: str) -> list:
+    return [
+        pytest.param(name, shape, dtype, marks=[pytest.mark.xfail(reason=KNOWN_FAILURES[test, name, shape, dtype])])
+        if (test, name, shape, dtype) in KNOWN_FAILURES
+        else (name, shape, dtype)
+        for name in z.list_impls()
+        for shape in SHAPES
+        for dtype in DTYPES
+    ]
+
 
 pytestmark = [
     pytest.mark.cuda,
@@ -46,7 +64,7 @@ def _within_tolerance(label: str, got: torch.Tensor, expected: torch.Tensor, dty
     assert error <= TOLERANCES[dtype], f"{label} off by {error:.2e} (tolerance {TOLERANCES[dtype]:.0e})"
 
 
-@pytest.mark.parametrize(("name", "shape", "dtype"), CASES)
+@pytest.mark.parametrize(("name", "shape", "dtype"), _cases("forward"))
 def test_forward_matches_oracle_on_cuda(name: str, shape: str, dtype: str) -> None:
     problem = _on_gpu(shape, dtype)
     impl = _build_or_skip(name, problem, "forward")
@@ -57,7 +75,7 @@ def test_forward_matches_oracle_on_cuda(name: str, shape: str, dtype: str) -> No
     _within_tolerance("out", out, impl.dense_reference(q.double(), k.double(), v.double()), dtype)
 
 
-@pytest.mark.parametrize(("name", "shape", "dtype"), CASES)
+@pytest.mark.parametrize(("name", "shape", "dtype"), _cases("gradients"))
 def test_gradients_match_oracle_on_cuda(name: str, shape: str, dtype: str) -> None:
     problem = _on_gpu(shape, dtype)
     impl = _build_or_skip(name, problem, "backward")

@@ -82,6 +82,29 @@ def test_banded_and_flex_compute_the_same_attention(banded: str, flex: str, hpar
     assert normalised_max_error(got, expected) <= TOLERANCES["float32"]
 
 
+def test_a_moved_block_mask_keeps_the_blocks_and_the_attention() -> None:
+    """On CUDA the BlockMask's blocks are computed on the CPU and rebuilt on the device (flex.moved_block_mask);
+    rebuilt here on the CPU it must hold the same blocks, both ways round, and give the same attention."""
+    from attention_zoo.impls import flex
+
+    problem = z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=300, kv_len=333, head_dim=32, causal=True,
+                        kv_valid_lens=(333, 200))  # fmt: skip
+    structure = flex.window_block_mask(problem, 20, 4)
+    moved = flex.moved_block_mask(structure, "cpu", flex._mask_mod(problem, 20, 4))
+    for prefix in ("kv", "full_kv", "q", "full_q"):
+        count, indices = (getattr(structure, f"{prefix}_{part}") for part in ("num_blocks", "indices"))
+        assert torch.equal(getattr(moved, f"{prefix}_num_blocks"), count), prefix
+        # the indices past each row's count are padding, in whatever order the builder left them
+        used = torch.arange(indices.shape[-1]) < count[..., None]
+        assert torch.equal(torch.where(used, getattr(moved, f"{prefix}_indices"), 0), torch.where(used, indices, 0))
+    q, k, v = problem.make_inputs(seed=5)
+    impl = z.get("flex_global").build(problem, window=20, global_tokens=4)
+    with torch.no_grad():
+        expected = impl(q, k, v)
+        impl.block_mask = moved
+        assert torch.equal(impl(q, k, v), expected)
+
+
 @pytest.mark.parametrize("name", ["sliding_window", "window_global", "flex_sliding_window", "flex_global"])
 @pytest.mark.parametrize(("field", "value"), [("window", 0), ("window", 2.5), ("global_tokens", -1)])
 def test_bad_hyperparameter_is_a_one_line_error(name: str, field: str, value: object) -> None:

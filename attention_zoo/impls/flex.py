@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from attention_zoo.impls.sparse import GlobalTokens, Window, band_flops, window_allowed, window_predicate
 from attention_zoo.interface import Attention
@@ -35,6 +35,11 @@ EAGER_MASK_PAIRS = 1 << 22
 # distinct problem shapes one process may compile flex_attention for (each compiled graph is kept)
 RECOMPILE_LIMIT = 256
 COUNT_ROWS = 256  # query rows per step when the FLOP count evaluates the mask
+# On CUDA, flex_attention's AUTO backend takes its decoding kernel for queries shorter than 128 with a
+# power-of-two GQA group; that kernel's row block is next_pow2(q_len * group), and when it exceeds the
+# BlockMask's 128-row block every config is skipped (NoValidChoicesError, seen on an H200 with torch 2.11
+# for 4 query heads per kv head at q_len 70). These entries are never a decode step: the main kernel always.
+CUDA_KERNEL_OPTIONS = {"BACKEND": "TRITON"}
 
 
 @functools.cache
@@ -54,23 +59,54 @@ def _availability(problem: Problem) -> str | None:
     return None
 
 
+def _mask_mod(problem: Problem, window: int, global_tokens: int):
+    allowed = window_predicate(problem, window, global_tokens)
+
+    def window_mask(batch_idx, head_idx, q_idx, kv_idx):
+        return allowed(batch_idx, q_idx, kv_idx)
+
+    return window_mask
+
+
+def window_block_mask(problem: Problem, window: int, global_tokens: int) -> BlockMask:
+    """The pattern's BlockMask, its block structure computed on the CPU and moved to the problem's device.
+
+    On CUDA, torch 2.11's compiled create_block_mask lowers its argsort to a Triton sort whose cold compile
+    grows pathologically with the number of blocks (pytorch#182060): at N = 16k it ran past the harness's
+    120 s cell limit on an H200, where the N = 4k build took 14 s. On the CPU it compiles in seconds at any N.
+    """
+    host = dataclasses.replace(problem, device="cpu")
+    large = problem.batch * problem.q_len * problem.kv_len > EAGER_MASK_PAIRS
+    make_block_mask = _compiled(create_block_mask) if large else create_block_mask
+    structure = make_block_mask(
+        _mask_mod(host, window, global_tokens), problem.batch, None, problem.q_len, problem.kv_len, device="cpu"
+    )
+    if problem.device_type == "cpu":
+        return structure
+    return moved_block_mask(structure, problem.device, _mask_mod(problem, window, global_tokens))
+
+
+def moved_block_mask(structure: BlockMask, device: str, mask_mod) -> BlockMask:
+    """structure's blocks on device, with a mask_mod whose captured tensors live there (BlockMask.to would
+    keep the CPU mask_mod's)."""
+    kv_blocks = (structure.kv_num_blocks, structure.kv_indices, structure.full_kv_num_blocks, structure.full_kv_indices)
+    return BlockMask.from_kv_blocks(
+        *(None if blocks is None else blocks.to(device) for blocks in kv_blocks),
+        BLOCK_SIZE=structure.BLOCK_SIZE,
+        mask_mod=mask_mod,
+        seq_lengths=structure.seq_lengths,
+    )
+
+
 class FlexWindowAttention(Attention):
     """flex_attention with a BlockMask of the window (+ global) pattern, compiled and warmed up at build."""
 
     def __init__(self, problem: Problem, window: int, global_tokens: int) -> None:
         super().__init__(problem)
         self.window, self.global_tokens = window, global_tokens
-        allowed = window_predicate(problem, window, global_tokens)
-
-        def window_mask(batch_idx, head_idx, q_idx, kv_idx):
-            return allowed(batch_idx, q_idx, kv_idx)
-
-        large = problem.batch * problem.q_len * problem.kv_len > EAGER_MASK_PAIRS
-        make_block_mask = _compiled(create_block_mask) if large else create_block_mask
-        self.block_mask = make_block_mask(
-            window_mask, problem.batch, None, problem.q_len, problem.kv_len, device=problem.device
-        )
+        self.block_mask = window_block_mask(problem, window, global_tokens)
         self.enable_gqa = problem.group_size > 1
+        self.kernel_options = CUDA_KERNEL_OPTIONS if problem.device_type == "cuda" else None
         self.flex_attention = _compiled(flex_attention)
         # compile now, in the grad mode the calls run in (the harness's); the values do not matter, so they
         # are drawn on the device (make_inputs draws in float64 on the host: seconds at N = 16k)
@@ -83,7 +119,9 @@ class FlexWindowAttention(Attention):
         self(*(torch.randn(problem.batch, heads, length, problem.head_dim, **options) for heads, length in shapes))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.flex_attention(q, k, v, block_mask=self.block_mask, enable_gqa=self.enable_gqa)
+        return self.flex_attention(
+            q, k, v, block_mask=self.block_mask, enable_gqa=self.enable_gqa, kernel_options=self.kernel_options
+        )
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dense_attention(q, k, v, window_allowed(self.problem, self.window, self.global_tokens))

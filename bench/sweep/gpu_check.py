@@ -19,6 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.rows import ROWS_CSV
+from bench.sweep.run import ENVIRONMENT_JSON
+
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")
 DTYPE = "bfloat16" if ON_GPU else "float32"  # a CPU's bf16 GEMM ceiling alone takes tens of seconds
@@ -64,32 +67,38 @@ def versions(out: Path) -> None:
 
 
 def _bench(run_dir: Path, overrides: list[str]) -> None:
-    """One `python -m bench` run (the CLI, as a user runs it) into run_dir."""
-    command = [sys.executable, "-m", "bench", *overrides, "report=false", "progress=false", f"hydra.run.dir={run_dir}"]
+    """One `python -m bench` run (the CLI, as a user runs it) into run_dir, a line per finished cell in the log."""
+    command = [sys.executable, "-m", "bench", *overrides, "report=false", "progress=true", f"hydra.run.dir={run_dir}"]
     if "GPU_CHECK_TIMING_LOCK" in os.environ:  # the dry run's own lock, apart from other jobs on the CI machine
         command.append(f"timing_lock={os.environ['GPU_CHECK_TIMING_LOCK']}")
     print("+ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
 
-def sweep(out: Path) -> None:
-    """The trimmed sweep=gpu into OUT/rows.csv, then full vs sdpa_flash peak memory into OUT/memory_rows.csv."""
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    axes = [f"sweep.{axis}={json.dumps(value).replace(' ', '')}" for axis, value in SWEEP.items()]
+def _bench_into(out: Path, rows_name: str, overrides: list[str]) -> None:
+    """A `python -m bench` run whose rows land in OUT/rows_name (the finished ones too when it fails or is
+    interrupted), and its environment.json in OUT."""
+    run_dir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
-        _bench(work / "sweep", ["sweep=gpu", f"impls.patterns=[{','.join(IMPLS)}]", *axes, f"sweep.dtypes={DTYPE}",
-                                f"sweep.devices={DEVICE}", "timing=smoke"])  # fmt: skip
-        shutil.copy(work / "sweep" / "rows.csv", out / "rows.csv")
-        shutil.copy(work / "sweep" / "environment.json", out / "environment.json")
-    finally:  # the rows of an interrupted sweep still come back
-        if (work / "sweep" / "rows.csv").exists() and not (out / "rows.csv").exists():
-            shutil.copy(work / "sweep" / "rows.csv", out / "rows.csv")
+        _bench(run_dir, overrides)
+    finally:
+        for name, kept in ((ROWS_CSV, rows_name), (ENVIRONMENT_JSON, ENVIRONMENT_JSON)):
+            if (run_dir / name).exists():
+                shutil.copy(run_dir / name, out / kept)
+
+
+def sweep(out: Path) -> None:
+    """Full vs sdpa_flash peak memory into OUT/memory_rows.csv (four cells, first), then the trimmed sweep=gpu
+    into OUT/rows.csv."""
     seq_lens = ",".join(map(str, MEMORY_SEQ_LENS))
-    _bench(work / "memory", ["sweep=gpu", "impls.patterns=[full,sdpa_flash]", f"sweep.seq_lens=[{seq_lens}]",
-                             f"sweep.heads={SWEEP['heads']}", f"sweep.head_dims={SWEEP['head_dims'][0]}",
-                             "sweep.causal=false", "sweep.modes=fwd", f"sweep.devices={DEVICE}",
-                             f"sweep.dtypes={DTYPE}", "timing=smoke"])  # fmt: skip
-    shutil.copy(work / "memory" / "rows.csv", out / "memory_rows.csv")
+    _bench_into(out, "memory_rows.csv", ["sweep=gpu", "impls.patterns=[full,sdpa_flash]",
+                                         f"sweep.seq_lens=[{seq_lens}]", f"sweep.heads={SWEEP['heads']}",
+                                         f"sweep.head_dims={SWEEP['head_dims'][0]}", "sweep.causal=false",
+                                         "sweep.modes=fwd", f"sweep.devices={DEVICE}", f"sweep.dtypes={DTYPE}",
+                                         "timing=smoke"])  # fmt: skip
+    axes = [f"sweep.{axis}={json.dumps(value).replace(' ', '')}" for axis, value in SWEEP.items()]
+    _bench_into(out, ROWS_CSV, ["sweep=gpu", f"impls.patterns=[{','.join(IMPLS)}]", *axes, f"sweep.dtypes={DTYPE}",
+                                f"sweep.devices={DEVICE}", "timing=smoke"])  # fmt: skip
 
 
 def do_bench(out: Path) -> None:
