@@ -39,6 +39,7 @@ from attention_zoo.rules import AtLeast
 SELF_SCORE = -1e5  # a position's score for itself: wins only over masked keys
 MASKED_SCORE = -1e9
 DEAD_BELOW = -1e8  # a log-sum-exp below this came from masked keys only
+GROUP_PLACES = 4096  # sorted places per group of chunks (a group's gathered rows and scores stay in the cache)
 
 
 def bucket_factors(seq_len: int, bucket_size: int) -> list[int]:
@@ -135,42 +136,42 @@ class LSHAttention(Attention):
         places, c = order.shape[-1], self.chunk
         chunks = -(-places // c)
         position = F.pad(order % n, (0, chunks * c - places), value=-1)  # (B, H, S'), -1 = a padding place
-        # rows of the flattened (B*H*N, d) q, and of the (B*Hkv*N, d) values, at each sorted place
+        # per sorted chunk (B*H*C of them, each head's in order): the rows of the flattened (B*H*N, d) q and
+        # (B*Hkv*N, d) values at its places, their positions and whether each is a real key
         head = torch.arange(batch * heads, device=q.device).view(batch, heads, 1)
         kv_head = head // heads * v.shape[1] + self.kv_head_of[None, :, None]
-        rows, v_rows = (head * n + position.clamp_min(0)).flatten(), (kv_head * n + position.clamp_min(0)).flatten()
-
-        def sorted_chunks(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # -> (B, H, C, c, d)
-            return x.reshape(-1, head_dim).index_select(0, at).view(batch, heads, chunks, c, head_dim)
-
-        def previous(x: torch.Tensor) -> torch.Tensor:  # chunk i-1 beside chunk i; chunk 0 looks back at the last
-            return x.roll(1, dims=2)
-
-        sq = sorted_chunks(q, rows)
-        # keys: the sorted queries at unit length, stored transposed (B, H, C, d, c): a plain GEMM operand
-        keys_t, values = F.normalize(sq, dim=-1).transpose(-1, -2).contiguous(), sorted_chunks(v, v_rows)
-        q_pos = position.view(batch, heads, chunks, c, 1)
-        k_pos = q_pos.transpose(-1, -2)  # (B, H, C, 1, c)
-        # a chunk's scores against itself and against the chunk before, apart: no (2c)-wide copy of the keys
-        parts = [
-            self._masked(sq @ keys_t, q_pos, k_pos),
-            self._masked(sq @ previous(keys_t), q_pos, previous(k_pos)),
-        ]  # (B, H, C, c, c) each
-        # one softmax over both, left unnormalised: exp(score - row max), its sum, and the row max are kept,
-        # so the rounds combine by their log-sum-exp without exp(score - logsumexp) rounding a -1e5 self score
-        row_max = torch.maximum(parts[0].amax(-1), parts[1].amax(-1)).detach()  # the result does not depend on it
-        weights = [part.sub_(row_max[..., None]).exp_() for part in parts]
-        total = weights[0].sum(-1).add_(weights[1].sum(-1))  # (B, H, C, c)
-        out = (weights[0] @ values).add_(weights[1] @ previous(values))  # (B, H, C, c, d), unnormalised
+        q_rows = (head * n + position.clamp_min(0)).view(-1, c)
+        v_rows = (kv_head * n + position.clamp_min(0)).view(-1, c)
+        key_ok = position >= 0
+        if self.key_valid is not None:
+            key_ok &= self.key_valid[:, None, :].expand(-1, heads, -1).gather(2, position.clamp_min(0))
+        position, key_ok = position.view(-1, c), key_ok.view(-1, c)
+        chunk_id = torch.arange(batch * heads * chunks, device=q.device)
+        previous = chunk_id - chunk_id % chunks + (chunk_id - 1) % chunks  # chunk 0 looks back at the last
+        sq = q.reshape(-1, head_dim).index_select(0, q_rows.flatten()).view(-1, c, head_dim)  # (B*H*C, c, d)
+        # keys: the sorted queries at unit length
+        keys = F.normalize(sq, dim=-1)
+        values = v.reshape(-1, head_dim).index_select(0, v_rows.flatten()).view(-1, c, head_dim)
+        # a group of chunks at a time, so its scores and weights stay in the cache at any N; split once (one
+        # autograd node: its backward concatenates, where a slice per group would zero-fill whole tensors)
+        group = max(1, GROUP_PLACES // c)
+        pieces = [
+            x.split(group)
+            for x in (sq, keys, keys[previous], values, values[previous], position, position[previous], key_ok,
+                      key_ok[previous])
+        ]  # fmt: skip
+        outs, row_maxes, totals = zip(
+            *(self._chunks(*group_pieces) for group_pieces in zip(*pieces, strict=True)), strict=True
+        )
         # back to slot order: (B, H, n_hashes, N, ...)
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
         undo_rows = (head * (chunks * c) + undo).flatten()
         shape = (batch, heads, self.n_hashes, n)
 
-        def slot_order(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(batch * heads * chunks * c, -1).index_select(0, undo_rows).view(*shape, -1)
+        def slot_order(pieces: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(pieces).reshape(batch * heads * chunks * c, -1).index_select(0, undo_rows).view(*shape, -1)
 
-        out, row_max, total = slot_order(out), slot_order(row_max)[..., 0], slot_order(total)[..., 0]
+        out, row_max, total = slot_order(outs), slot_order(row_maxes)[..., 0], slot_order(totals)[..., 0]
         best = row_max.amax(2, keepdim=True)  # (B, H, 1, N): each round weighs exp(its max - the best)
         round_weight = (row_max - best).exp_()
         result = (out * round_weight[..., None]).sum(2) / (total * round_weight).sum(2)[..., None]
@@ -178,13 +179,43 @@ class LSHAttention(Attention):
             result = result * (best[:, :, 0] > DEAD_BELOW)[..., None]
         return result.to(out_dtype) + ignored(k)
 
-    def _masked(self, scores: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Scores (B, H, C, c, c) of queries at q_pos (.., c, 1) against keys at k_pos (.., 1, c), masked in place."""
+    def _chunks(
+        self,
+        sq: torch.Tensor,
+        keys: torch.Tensor,
+        keys_before: torch.Tensor,
+        values: torch.Tensor,
+        values_before: torch.Tensor,
+        position: torch.Tensor,
+        position_before: torch.Tensor,
+        key_ok: torch.Tensor,
+        key_ok_before: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sorted chunks (G, c, d) against themselves and the chunks before them: the unnormalised output
+        (G, c, d), each row's max score and its sum of exp(score - max) (G, c)."""
+        q_pos = position[:, :, None]
+        # a chunk's scores against itself and against the chunk before, apart: no (2c)-wide copy of the keys
+        parts = [
+            self._masked(sq @ keys.transpose(-1, -2), q_pos, position[:, None, :], key_ok[:, None, :]),
+            self._masked(
+                sq @ keys_before.transpose(-1, -2), q_pos, position_before[:, None, :], key_ok_before[:, None, :]
+            ),
+        ]  # (G, c, c) each
+        # one softmax over both, left unnormalised: exp(score - row max), its sum, and the row max are kept,
+        # so the rounds combine by their log-sum-exp without exp(score - logsumexp) rounding a -1e5 self score
+        row_max = torch.maximum(parts[0].amax(-1), parts[1].amax(-1)).detach()  # the result does not depend on it
+        weights = [part.sub_(row_max[..., None]).exp_() for part in parts]
+        total = weights[0].sum(-1).add_(weights[1].sum(-1))
+        out = (weights[0] @ values).add_(weights[1] @ values_before)
+        return out, row_max, total
+
+    def _masked(
+        self, scores: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (G, c, c) of queries at q_pos (G, c, 1) against keys at k_pos (G, 1, c), masked in place:
+        self gets SELF_SCORE; a padding place, a padded key and (causal) a later key MASKED_SCORE."""
         scores = scores.masked_fill_(q_pos == k_pos, SELF_SCORE)
-        masked = k_pos < 0  # padding places
-        if self.key_valid is not None:
-            valid = self.key_valid[:, None, :].expand(-1, q_pos.shape[1], -1)
-            masked = masked | ~valid.gather(2, k_pos.clamp_min(0).flatten(2)).view(k_pos.shape)
+        masked = ~key_ok
         if self.problem.causal:
             masked = masked | (k_pos > q_pos)
         return scores.masked_fill_(masked, MASKED_SCORE)
