@@ -160,18 +160,20 @@ class LSHAttention(Attention):
             for x in (sq, keys, keys[previous], values, values[previous], position, position[previous], key_ok,
                       key_ok[previous])
         ]  # fmt: skip
-        outs, row_maxes, totals = zip(
-            *(self._chunks(*group_pieces) for group_pieces in zip(*pieces, strict=True)), strict=True
-        )
+        del sq, keys, values  # (without a graph) freed as soon as the groups have been scored
+        results = [self._chunks(*group_pieces) for group_pieces in zip(*pieces, strict=True)]
+        del pieces
+        out, row_max, total = (torch.cat(part) for part in zip(*results, strict=True))
+        del results
         # back to slot order: (B, H, n_hashes, N, ...)
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
         undo_rows = (head * (chunks * c) + undo).flatten()
         shape = (batch, heads, self.n_hashes, n)
 
-        def slot_order(pieces: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat(pieces).reshape(batch * heads * chunks * c, -1).index_select(0, undo_rows).view(*shape, -1)
+        def slot_order(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch * heads * chunks * c, -1).index_select(0, undo_rows).view(*shape, -1)
 
-        out, row_max, total = slot_order(outs), slot_order(row_maxes)[..., 0], slot_order(totals)[..., 0]
+        out, row_max, total = slot_order(out), slot_order(row_max)[..., 0], slot_order(total)[..., 0]
         best = row_max.amax(2, keepdim=True)  # (B, H, 1, N): each round weighs exp(its max - the best)
         round_weight = (row_max - best).exp_()
         result = (out * round_weight[..., None]).sum(2) / (total * round_weight).sum(2)[..., None]
