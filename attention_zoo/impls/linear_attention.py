@@ -131,7 +131,6 @@ class LinearAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
-        batch, kv_heads, _, head_dim = k.shape
         graph = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         if not self.problem.causal and not graph:
             return self._without_graph(q, k, v).to(out_dtype)
@@ -141,7 +140,7 @@ class LinearAttention(Attention):
         if self.problem.causal:
             return self._causal(phi_q, phi_k, v).to(out_dtype)
         # the query heads of a group stacked on the rows against their one kv state: (B, Hkv, G*Nq, d)
-        rows = phi_q.reshape(batch, kv_heads, -1, head_dim)
+        rows = grouped_queries(phi_q, k.shape[1])
         num = rows @ (phi_k.transpose(-1, -2) @ v)  # (B, Hkv, G*Nq, d)
         den = rows @ phi_k.sum(-2)[..., None]  # (B, Hkv, G*Nq, 1)
         return num.div_(den).view(q.shape).to(out_dtype)
@@ -161,8 +160,7 @@ class LinearAttention(Attention):
                 phi_k.mul_(self.key_keep[:, :, rows])
             state.add_(phi_k.transpose(-1, -2) @ v[:, :, rows])
             norm.add_(phi_k.sum(-2)[..., None])
-        # the query heads of a group stacked on the rows against their one kv state: (B, Hkv, G*Nq, d)
-        queries = q.reshape(batch, kv_heads, -1, head_dim)
+        queries = grouped_queries(q, kv_heads)  # a group's query heads stacked on the rows: (B, Hkv, G*Nq, d)
         out = torch.empty_like(queries)
         for start in range(0, queries.shape[2], rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)

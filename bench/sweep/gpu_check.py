@@ -75,30 +75,30 @@ def _bench(run_dir: Path, overrides: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def _bench_into(out: Path, rows_name: str, overrides: list[str]) -> None:
-    """A `python -m bench` run whose rows land in OUT/rows_name (the finished ones too when it fails or is
-    interrupted), and its environment.json in OUT."""
+def _bench_into(out: Path, kept: dict[str, str], overrides: list[str]) -> None:
+    """A `python -m bench` run whose files named in `kept` land in OUT under their new names (the rows
+    finished so far too when it fails or is interrupted)."""
     run_dir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         _bench(run_dir, overrides)
     finally:
-        for name, kept in ((ROWS_CSV, rows_name), (ENVIRONMENT_JSON, ENVIRONMENT_JSON)):
+        for name, new_name in kept.items():
             if (run_dir / name).exists():
-                shutil.copy(run_dir / name, out / kept)
+                shutil.copy(run_dir / name, out / new_name)
 
 
 def sweep(out: Path) -> None:
     """Full vs sdpa_flash peak memory into OUT/memory_rows.csv (four cells, first), then the trimmed sweep=gpu
     into OUT/rows.csv."""
     seq_lens = ",".join(map(str, MEMORY_SEQ_LENS))
-    _bench_into(out, "memory_rows.csv", ["sweep=gpu", "impls.patterns=[full,sdpa_flash]",
-                                         f"sweep.seq_lens=[{seq_lens}]", f"sweep.heads={SWEEP['heads']}",
-                                         f"sweep.head_dims={SWEEP['head_dims'][0]}", "sweep.causal=false",
-                                         "sweep.modes=fwd", f"sweep.devices={DEVICE}", f"sweep.dtypes={DTYPE}",
-                                         "timing=smoke"])  # fmt: skip
+    _bench_into(out, {ROWS_CSV: "memory_rows.csv"},
+                ["sweep=gpu", "impls.patterns=[full,sdpa_flash]", f"sweep.seq_lens=[{seq_lens}]",
+                 f"sweep.heads={SWEEP['heads']}", f"sweep.head_dims={SWEEP['head_dims'][0]}", "sweep.causal=false",
+                 "sweep.modes=fwd", f"sweep.devices={DEVICE}", f"sweep.dtypes={DTYPE}", "timing=smoke"])  # fmt: skip
     axes = [f"sweep.{axis}={json.dumps(value).replace(' ', '')}" for axis, value in SWEEP.items()]
-    _bench_into(out, ROWS_CSV, ["sweep=gpu", f"impls.patterns=[{','.join(IMPLS)}]", *axes, f"sweep.dtypes={DTYPE}",
-                                f"sweep.devices={DEVICE}", "timing=smoke"])  # fmt: skip
+    _bench_into(out, {ROWS_CSV: ROWS_CSV, ENVIRONMENT_JSON: ENVIRONMENT_JSON},
+                ["sweep=gpu", f"impls.patterns=[{','.join(IMPLS)}]", *axes, f"sweep.dtypes={DTYPE}",
+                 f"sweep.devices={DEVICE}", "timing=smoke"])  # fmt: skip
 
 
 def do_bench(out: Path) -> None:
