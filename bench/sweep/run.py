@@ -130,7 +130,6 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         raise BenchConfigError(f"{run_dir} is not writable: give a folder you can write (hydra.run.dir=...)")
     # the writer claims the folder first, so a second process aimed at it fails before writing anything
     writer = RowWriter(run_dir, {n for c in cells for n in c.hparams}, {c.cell_id for c in cells})
-    done = len(writer.done_cell_ids)
     try:
         write_text_atomically(run_dir / CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(plain)))
         saved = {"run_id": run_id, "job_id": job_id, "config_sha256": config_fingerprint(plain),
@@ -156,7 +155,6 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
                 row = _with_bytes(row, cell, bandwidths.get(cell.problem.device, {}))
                 row.update(**device, started=started, timestamp=_now())
                 writer.append(row)
-                done += 1
                 progress.finished(f"{cell.impl} N={cell.problem.q_len} {cell.mode}", row)
             progress.close()
             # again at the end: a machine that slowed down (or sped up) during the run is warned about
@@ -167,7 +165,9 @@ def run(cfg: DictConfig | dict[str, Any], run_dir: str | Path, run_id: str, job_
         ]
         write_text_atomically(run_dir / ENVIRONMENT_JSON, json.dumps(saved, indent=2))
     except KeyboardInterrupt:
-        writer.close()
+        # the rows on disk, not a count beside them: an interrupt between a row's write and the count's
+        # increment said one cell fewer than the folder held
+        done = len(writer.close())
         raise RunInterrupted(
             f"interrupted after {done} of {len(cells)} cells; finish with: python -m bench resume={run_dir}"
         ) from None
