@@ -26,6 +26,8 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
   (autograd does keep the one S per chunk it multiplies with, O(N/c * m*d), for the backward pass).
+- Exponents are kept in base 2 (attention_zoo/base2.py): log2(e) is folded into the projection and
+  the norm term, so each feature is one exp2; the stabilisers are base-2 exponents too.
 - Padded keys get zero features (exponent -inf), so they add nothing to either sum.
 - Half-precision inputs are computed in float32: the features span many orders of magnitude.
 - dense_reference works in log space (log A = logsumexp over features of log phi(q) + log phi(k)),
@@ -39,6 +41,7 @@ from typing import Annotated
 
 import torch
 
+from attention_zoo.base2 import LOG2_E
 from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
@@ -91,12 +94,16 @@ class PerformerAttention(Attention):
         features = orthogonal_random_features(self.num_features, self.problem.head_dim, self.generator)
         return features.to(device=self.problem.device, dtype=self.compute_dtype)
 
+    def _projection(self, head_dim: int) -> torch.Tensor:
+        """(d, m): the features with x = q * d^-1/4 and the change to base-2 exponents folded in."""
+        return self.features.T * (head_dim**-0.25 * LOG2_E)
+
     def _key_exponents(self, k: torch.Tensor, start: int | None, w: torch.Tensor) -> torch.Tensor:
-        """b_i = w_i^T x_k - |x_k|^2/2 (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from position `start`, -inf
-        for padding (start None: keys of a decode step, unpadded), before any stabiliser; w (d, m) scaled."""
-        quarter = k.shape[-1] ** -0.25
+        """log2(e) * b_i = log2(e) * (w_i^T x_k - |x_k|^2/2) (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from
+        position `start`, -inf for padding (start None: keys of a decode step, unpadded), before any
+        stabiliser; w from _projection."""
         exponent = torch.baddbmm(
-            k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-quarter * quarter / 2),
+            k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-LOG2_E / (2 * k.shape[-1] ** 0.5)),
             k.flatten(0, 1),
             w.expand(k.shape[0] * k.shape[1], -1, -1),
         ).view(*k.shape[:3], -1)
@@ -112,46 +119,49 @@ class PerformerAttention(Attention):
         """
         batch, kv_heads = k_max.shape[:2]
         exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[-1]).add_(k_max)
-        return exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp_()
+        return exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp2_()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.redraw:
             self.features = self._draw()
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
-        batch, kv_heads, kv_len, head_dim = k.shape
+        batch, kv_heads, _, head_dim = k.shape
         group, q_len = q.shape[1] // kv_heads, q.shape[2]
-        w = self.features.T * head_dim**-0.25  # folds x = q * d^-1/4 into the projection, (d, m)
-        v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
+        w = self._projection(head_dim)
         causal = self._causal if self.problem.causal else self._non_causal
-        out = causal(q, k, v_ones, w)  # (B, Hkv, G, Nq, d+1)
-        out = out[..., :head_dim] / out[..., head_dim:]
+        out = causal(q, k, v, w)  # (B, Hkv, G, Nq, d)
         return out.reshape(batch, kv_heads * group, q_len, head_dim).to(out_dtype)
 
-    def _non_causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """S = phi(K)^T [V, 1] over key chunks with an online max per feature, then phi(Q) S over query chunks.
+    def _non_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """S = phi(K)^T V and z = phi(K)^T 1 over key chunks with an online max per feature, then each query
+        chunk's phi(Q) [S, z] normalised while it is in cache.
 
         Chunks are torch.split pieces, not slices: a slice's backward fills a zero tensor as large as
         the whole input, once per chunk (quadratic in N); split's joins the chunks' gradients once.
         """
         batch, kv_heads = k.shape[:2]
-        state, k_max = None, None  # (B, Hkv, m, d+1); (B, Hkv, 1, m), the max of b_i over the keys so far
+        state, k_max = None, None  # (B, Hkv, m, d+1): [S, z]; (B, Hkv, 1, m), the max of b_i over the keys so far
         start = 0
-        for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v_ones.split(self.chunk, 2), strict=True):
+        for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v.split(self.chunk, 2), strict=True):
             exponent = self._key_exponents(k_chunk, start, w)
             start += k_chunk.shape[2]
             chunk_max = exponent.detach().amax(-2, keepdim=True)
             new_max = chunk_max if k_max is None else torch.maximum(k_max, chunk_max)
-            summary = exponent.sub_(new_max).exp_().transpose(-1, -2) @ v_chunk
-            state = summary if k_max is None else state.mul_((k_max - new_max).exp_().transpose(-1, -2)).add_(summary)
+            phi_k = exponent.sub_(new_max).exp2_().transpose(-1, -2)  # (B, Hkv, m, c)
+            # d-wide product and a row sum, not one product with [V, 1]: no (N, d+1) copy of V, and a
+            # d-wide GEMM runs at the full rate where a d+1-wide one does not
+            summary = torch.cat([phi_k @ v_chunk, phi_k.sum(-1, keepdim=True)], dim=-1)
+            state = summary if k_max is None else state.mul_((k_max - new_max).exp2_().transpose(-1, -2)).add_(summary)
             k_max = new_max
         group = q.shape[1] // kv_heads
-        chunks = [self._query_features(q_chunk, w, k_max) @ state for q_chunk in q.split(self.chunk, 2)]
+        chunks = [_normalised(self._query_features(q_chunk, w, k_max) @ state) for q_chunk in q.split(self.chunk, 2)]
         return torch.cat([c.view(batch, kv_heads, group, -1, c.shape[-1]) for c in chunks], dim=3)
 
-    def _causal(self, q: torch.Tensor, k: torch.Tensor, v_ones: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Prefix sums over chunks of `causal_chunk` positions; key offset+i sits at query i (bottom-right)."""
         batch, kv_heads, kv_len = k.shape[:3]
+        v_ones = torch.cat([v, v.new_ones(batch, kv_heads, kv_len, 1)], dim=-1)  # numerator and denominator at once
         group, q_len, size = q.shape[1] // kv_heads, q.shape[2], self.causal_chunk
         offset = kv_len - q_len
         # keys before the first query's position are seen by every query: they start the state
@@ -167,14 +177,14 @@ class PerformerAttention(Attention):
             start += k_chunk.shape[2]
             new_max = torch.maximum(k_max, exponent.detach().amax(-2, keepdim=True))
             # -inf - -inf before any valid key: a state of zeros stays zero whatever its factor
-            state = state * (k_max - new_max).nan_to_num_(0.0).exp_().transpose(-1, -2)
+            state = state * (k_max - new_max).nan_to_num_(0.0).exp2_().transpose(-1, -2)
             k_max = new_max
-            phi_k = exponent.sub_(new_max).exp_()
+            phi_k = exponent.sub_(new_max).exp2_()
             if q_chunk is not None:
                 c = q_chunk.shape[2]
                 phi_q = self._query_features(q_chunk, w, new_max).view(batch, kv_heads, group, c, -1)
                 within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * self.chunk_causal[:c, :c]  # (B, Hkv, G, c, c)
-                chunks.append(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2))
+                chunks.append(_normalised(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2)))
             state = state + phi_k.transpose(-1, -2) @ v_chunk
         return torch.cat(chunks, dim=3)
 
@@ -182,23 +192,23 @@ class PerformerAttention(Attention):
         """The recurrent state S = sum_j phi(k_j) [v_j, 1]^T (B, Hkv, m, d+1) of the context, features
         stabilised by their max exponent c over it (kept beside S): fixed in L. Features are never redrawn here."""
         k, v = k.to(self.compute_dtype), v.to(self.compute_dtype)
-        exponents = self._key_exponents(k, None, self.features.T * k.shape[-1] ** -0.25)
+        exponents = self._key_exponents(k, None, self._projection(k.shape[-1]))
         stabiliser = exponents.amax(-2, keepdim=True)  # (B, Hkv, 1, m)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
-        return RecurrentState(exponents.sub_(stabiliser).exp_().transpose(-1, -2) @ v_ones, k.shape[2], stabiliser)
+        return RecurrentState(exponents.sub_(stabiliser).exp2_().transpose(-1, -2) @ v_ones, k.shape[2], stabiliser)
 
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: RecurrentState):
         """FAVOR+'s recurrent form: the new keys' features join S (rescaled where they raise a feature's max
         exponent, as an online softmax rescales), each new query reads S plus the new keys up to its own."""
         compute, steps, head_dim, out_dtype = self.compute_dtype, q.shape[2], q.shape[3], q.dtype
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
-        w = self.features.T * head_dim**-0.25
+        w = self._projection(head_dim)
         exponents = self._key_exponents(k, None, w)  # (B, Hkv, T, m)
         stabiliser = torch.maximum(state.stabiliser, exponents.amax(-2, keepdim=True))
-        sums = state.sums * (state.stabiliser - stabiliser).exp_().transpose(-1, -2)  # (B, Hkv, m, d+1)
-        phi_k = exponents.sub_(stabiliser).exp_()
+        sums = state.sums * (state.stabiliser - stabiliser).exp2_().transpose(-1, -2)  # (B, Hkv, m, d+1)
+        phi_k = exponents.sub_(stabiliser).exp2_()
         q_exponent = grouped_queries(q @ w, k.shape[1]).add_(stabiliser)
-        phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp_()  # (B, Hkv, G*T, m)
+        phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp2_()  # (B, Hkv, G*T, m)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
         mask = new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
         out = (phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones)
@@ -223,6 +233,11 @@ class PerformerAttention(Attention):
         log_kernel = torch.logsumexp(log_phi(q)[..., :, None, :] + log_phi_k[..., None, :, :], dim=-1)
         log_kernel = log_kernel.masked_fill(~self.problem.allowed_mask(), float("-inf"))  # (B, Hq, Nq, Nk)
         return torch.softmax(log_kernel, dim=-1) @ expand_kv_heads(v, q.shape[1])
+
+
+def _normalised(numerator_denominator: torch.Tensor) -> torch.Tensor:
+    """(..., d+1) phi(Q) [S, z] -> (..., d): the numerator over its denominator."""
+    return numerator_denominator[..., :-1] / numerator_denominator[..., -1:]
 
 
 def _flops(problem: Problem, hparams: dict) -> float:
