@@ -19,7 +19,8 @@ convention: the keys have unit length). Then:
   masked, as HF). Causal: keys after the query's position are masked. Padded keys are never attended;
   a query with no valid key at all outputs zeros.
 - Each round's softmax is combined over rounds by its log-sum-exp: one softmax over everything the
-  query reached. Needs q_len == kv_len. Half precision computes in float32.
+  query reached. Scores, row maxima and weights are in base 2 (attention_zoo/base2.py: exp2 does not
+  slow down on the masked scores, where exp does). Needs q_len == kv_len. Half precision computes in float32.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
+from attention_zoo.base2 import LOG2_E
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
@@ -175,7 +177,7 @@ class LSHAttention(Attention):
 
         out, row_max, total = slot_order(out), slot_order(row_max)[..., 0], slot_order(total)[..., 0]
         best = row_max.amax(2, keepdim=True)  # (B, H, 1, N): each round weighs exp(its max - the best)
-        round_weight = (row_max - best).exp_()
+        round_weight = (row_max - best).exp2_()
         result = (out * round_weight[..., None]).sum(2) / (total * round_weight).sum(2)[..., None]
         if self.key_valid is not None:  # a query that reached masked keys only outputs zeros
             result = result * (best[:, :, 0] > DEAD_BELOW)[..., None]
@@ -194,8 +196,9 @@ class LSHAttention(Attention):
         key_ok_before: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sorted chunks (G, c, d) against themselves and the chunks before them: the unnormalised output
-        (G, c, d), each row's max score and its sum of exp(score - max) (G, c)."""
+        (G, c, d), each row's max score and its sum of exp(score - max) (G, c), the scores in base 2."""
         q_pos = position[:, :, None]
+        sq = sq * LOG2_E  # scores in base 2 (attention_zoo/base2.py), and so their row max
         # a chunk's scores against itself and against the chunk before, apart: no (2c)-wide copy of the keys
         parts = [
             self._masked(sq @ keys.transpose(-1, -2), q_pos, position[:, None, :], key_ok[:, None, :]),
@@ -206,7 +209,7 @@ class LSHAttention(Attention):
         # one softmax over both, left unnormalised: exp(score - row max), its sum, and the row max are kept,
         # so the rounds combine by their log-sum-exp without exp(score - logsumexp) rounding a -1e5 self score
         row_max = torch.maximum(parts[0].amax(-1), parts[1].amax(-1)).detach()  # the result does not depend on it
-        weights = [part.sub_(row_max[..., None]).exp_() for part in parts]
+        weights = [part.sub_(row_max[..., None]).exp2_() for part in parts]
         total = weights[0].sum(-1).add_(weights[1].sum(-1))
         out = (weights[0] @ values).add_(weights[1] @ values_before)
         return out, row_max, total
