@@ -8,7 +8,7 @@ the slab (and the g global key columns) is complete within a chunk, so one pass 
 max: the FlashAttention recurrence over key tiles reduces to one step per block. The backward pass
 recomputes each chunk's scores and probabilities from Q, K and the forward's output (dS = P * (dP -
 rowsum(dO * O))), as blockwise.py does; slab gradients overlap, so they are added into dK and dV
-with index_add_. Extra memory is O(N*D) (the padded K and V, and their gradients) plus one chunk.
+a row segment at a time. Extra memory is O(N*D) (the padded K and V, and their gradients) plus one chunk.
 
 Masks are additive biases. Inside the sequence every block sees the same relative band (row r of a
 block attends slab keys r .. r + window + ahead), so interior chunks share one (G*block, slab) bias
@@ -80,15 +80,26 @@ def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return F.pad(x[first : first + inside], (0, 0, front, hi - lo - front - inside))
 
 
-def _add_window(grad: torch.Tensor, lo: int, hi: int, index: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
-    """grad[lo + index] += alpha * values (n, slab, D): overlapping slabs summed, rows outside 0..N dropped."""
-    values = values.reshape(-1, grad.shape[-1])
-    if lo >= 0 and hi <= grad.shape[0]:
-        grad.index_add_(0, index + lo, values, alpha=alpha)
-        return
-    window = grad.new_zeros(hi - lo, grad.shape[-1]).index_add_(0, index, values, alpha=alpha)
-    first, inside, front = _rows(grad.shape[0], lo, hi)
-    grad[first : first + inside] += window[front : front + inside]
+def _add_slabs(grad: torch.Tensor, lo: int, values: torch.Tensor, block: int, alpha: float) -> None:
+    """grad[lo + c*block + j] += alpha * values[c, j] for the chunk's slabs c (values (n, slab, D)): the
+    overlapping slabs summed, rows outside 0..N dropped.
+
+    The key window is read as rows of `block` keys: slab c's rows j*block .. (j+1)*block land on window
+    row c + j, so each of the slab's ceil(slab / block) row segments is one strided add over every slab
+    of the chunk (no scatter of single rows).
+    """
+    n, slab, head_dim = values.shape
+    segments = -(-slab // block)
+    length = (n + segments - 1) * block
+    inside = lo >= 0 and lo + length <= grad.shape[0]
+    window = grad[lo : lo + length] if inside else grad.new_zeros(length, head_dim)
+    rows = window.view(n + segments - 1, block, head_dim)
+    for j in range(segments):
+        width = min(block, slab - j * block)
+        rows[j : j + n, :width].add_(values[:, j * block : j * block + width], alpha=alpha)
+    if not inside:
+        first, kept, front = _rows(grad.shape[0], lo, lo + length)
+        grad[first : first + kept] += window[front : front + kept]
 
 
 class BandFunction(torch.autograd.Function):
@@ -133,8 +144,6 @@ class BandFunction(torch.autograd.Function):
         has_global = k_global is not None
         grad_k_global = torch.zeros_like(k_global) if has_global else None
         grad_v_global = torch.zeros_like(v_global) if has_global else None
-        # row of every slab entry of a chunk's blocks in the chunk's key window
-        slab_index = torch.arange(chunks.chunk, device=q.device)[:, None] * block + torch.arange(slab, device=q.device)
         for bh in range(q.shape[0]):
             k_global_t = k_global[bh].T[None] if has_global else None
             for start in chunks.starts:
@@ -153,9 +162,8 @@ class BandFunction(torch.autograd.Function):
                 grad_scores = grad_probs.sub_(delta[bh, rows]).mul_(probs)  # dS / scale
                 grad_slab, probs_slab = grad_scores[..., :slab], probs[..., :slab]
                 torch.bmm(grad_slab, k_slabs_t.transpose(1, 2), out=grad_q[bh, rows])
-                index = slab_index[: stop - start].flatten()
-                _add_window(grad_k[bh], lo, hi, index, grad_slab.transpose(1, 2) @ q_chunk, scale)
-                _add_window(grad_v[bh], lo, hi, index, probs_slab.transpose(1, 2) @ grad_out_chunk, 1.0)
+                _add_slabs(grad_k[bh], lo, grad_slab.transpose(1, 2) @ q_chunk, block, scale)
+                _add_slabs(grad_v[bh], lo, probs_slab.transpose(1, 2) @ grad_out_chunk, block, 1.0)
                 if has_global:
                     grad_global = grad_scores[..., slab:]
                     grad_q[bh, rows] += grad_global @ k_global[bh]
