@@ -15,6 +15,9 @@ with scores scaled by 1/sqrt(d) (q and k each by d^-1/4, as the paper's code). C
   as the paper's code does at num_landmarks == seq_len.
 - Not causal: every landmark mixes a whole segment, future positions included.
 - Half precision computes in float32 (the iterative inverse needs it); the output is in the input dtype.
+- softmax(Q~ K^T) V and softmax(Q K~^T) (pinv(...) softmax(Q~ K^T) V) are softmax attentions (m landmark
+  queries over N keys, N queries over m landmark keys), computed by SDPA's fused kernel: the (N x m)
+  kernels 1 and 3 are never formed (nystrom_dense forms them, for the oracle).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.interface import Attention
-from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention, expand_kv_heads
 from attention_zoo.registry import register
@@ -106,35 +108,30 @@ class NystromAttention(Attention):
         valid = problem.key_padding_mask()  # (B, Nk) or None
         self.register_buffer("key_valid", valid)
         self.register_buffer("key_keep", None if valid is None else valid[:, None, :, None].to(self.compute_dtype))
-        bias = None
-        if valid is not None:
-            bias = additive_bias(valid, self.compute_dtype)[:, None, None, :]  # (B, 1, 1, Nk)
-        self.register_buffer("key_bias", bias)
+        self.register_buffer("key_mask", None if valid is None else valid[:, None, None, :])  # (B, 1, 1, Nk)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         gqa = q.shape[1] != k.shape[1]
         if self.exact:
-            mask = None if self.key_valid is None else self.key_valid[:, None, None, :]
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa).to(out_dtype)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask, enable_gqa=gqa).to(out_dtype)
         batch, kv_heads, _, head_dim = k.shape
-        heads, q_len, m = q.shape[1], q.shape[2], self.landmarks
+        heads, m = q.shape[1], self.landmarks
         if self.key_keep is not None:
             k = k * self.key_keep
-        # d^-1/4 on q and on k is d^-1/2 on one side of each product: applied to the (m x d) landmarks only
-        scale = head_dim**-0.5
-        q_land, k_land = segment_means(q, m), segment_means(k, m) * scale  # (B, Hq, m, d), (B, Hkv, m, d)
-        # the query heads of a group are stacked on the row axis against their one kv head
-        q_rows = q.reshape(batch, kv_heads, -1, head_dim)
-        q_land_rows = q_land.reshape(batch, kv_heads, -1, head_dim)
-        kernel_1 = torch.softmax(q_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, q_len, m)
+        q_land, k_land = segment_means(q, m), segment_means(k, m)  # (B, Hq, m, d), (B, Hkv, m, d)
+        # kernel 2, (m x m) per head: the query heads of a group stacked on the row axis against their kv head
+        q_land_rows = q_land.reshape(batch, kv_heads, -1, head_dim) * head_dim**-0.5
         kernel_2 = torch.softmax(q_land_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, m, m)
-        scores_3 = (q_land_rows * scale) @ k.transpose(-1, -2)  # (B, Hkv, G*m, Nk)
-        if self.key_bias is not None:
-            scores_3 = scores_3 + self.key_bias
-        mixed = (torch.softmax(scores_3, dim=-1) @ v).view(batch, heads, m, head_dim)  # softmax(Q~ K^T) V
-        return (kernel_1 @ (iterative_pinv(kernel_2, self.iterations) @ mixed)).to(out_dtype)
+        # softmax(Q~ K^T) V is attention of the m landmark queries over the N keys, and softmax(Q K~^T) times
+        # pinv(kernel 2) softmax(Q~ K^T) V attention of the N queries over the m landmark keys: both by SDPA's
+        # fused kernel, which tiles them, so no (N x m) score or probability matrix exists
+        mixed = F.scaled_dot_product_attention(q_land, k, v, attn_mask=self.key_mask, enable_gqa=gqa)
+        values = iterative_pinv(kernel_2, self.iterations) @ mixed  # (B, Hq, m, d)
+        if gqa:
+            k_land = k_land.repeat_interleave(heads // kv_heads, dim=1)
+        return F.scaled_dot_product_attention(q, k_land, values).to(out_dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.exact:
@@ -163,7 +160,7 @@ def computed_flops(problem: Problem, hparams: dict) -> float:
     family="low_rank",
     exact=False,
     time="N*m*d",
-    memory="N*m",
+    memory="N*d",
     features=("padding", "gqa", "cross"),
     flops=computed_flops,
     availability=_availability,
