@@ -1,5 +1,5 @@
 """linear_attention's chunked paths: the causal prefix sums over chunks, many causal chunks against float64,
-and the non-causal forward without gradients in row chunks."""
+and the non-causal passes in row chunks."""
 
 import pytest
 import torch
@@ -31,15 +31,21 @@ def test_many_chunks_forward_and_gradients_match_float64() -> None:
         assert normalised_max_error(a, b) < TOLERANCES["float32"]
 
 
-def test_a_forward_without_gradients_in_row_chunks_matches_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_causal_row_chunks_forward_and_gradients_match_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     problem = z.Problem(batch=2, q_heads=6, kv_heads=2, q_len=300, head_dim=16, kv_valid_lens=(300, 123))
-    # 64 rows a chunk: 5 chunks of keys, 15 of the stacked query rows (3 heads a kv head)
+    # 64 rows a chunk: 5 chunks of keys, 15 of the stacked query rows (3 heads a kv head), the last ones short
     monkeypatch.setattr(linear_attention, "ROW_CHUNK_BYTES", 2 * 2 * 16 * 4 * 64)
     attention = z.get("linear_attention").build(problem)
-    q, k, v = problem.make_inputs(seed=2)
+    q, k, v = problem.make_inputs(seed=2, requires_grad=True)
     with torch.no_grad():
-        out = attention(q, k, v)
-    with_graph = attention(*(x.clone().requires_grad_() for x in (q, k, v)))
-    torch.testing.assert_close(out, with_graph.detach(), rtol=1e-5, atol=1e-6)
-    reference = attention.dense_reference(q.double(), k.double(), v.double())
+        without_graph = attention(q, k, v)
+    out = attention(q, k, v)
+    torch.testing.assert_close(without_graph, out.detach(), rtol=0, atol=0)
+    reference = attention.dense_reference(q, k, v)
     assert normalised_max_error(out, reference) < TOLERANCES["float32"]
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = torch.autograd.grad(reference, (q, k, v), grad.double())
+    for a, b in zip(ours, theirs, strict=True):
+        assert normalised_max_error(a, b) < TOLERANCES["float32"]
+    assert ours[1][1, :, 123:].abs().max() == 0 and ours[2][1, :, 123:].abs().max() == 0  # padded keys

@@ -9,8 +9,9 @@ No 1/sqrt(d) scale (the paper has none; any constant would cancel in the normali
   (the keys before the first query's position are every chunk's initial state), and inside a chunk the
   masked c x c quadratic form. No Python loop over chunks; per-position d x d states never exist. The
   backward is written out (_CausalChunks): the same chunk products in reverse, nothing but them saved.
-- Non-causal without a graph to build (no grad, or no input needing one): the state is summed and the queries
-  are applied ROW_CHUNK_BYTES of rows at a time, so the output is the only q-sized tensor.
+- Non-causal: the state is summed and the queries are applied ROW_CHUNK_BYTES of rows at a time, and the
+  backward (_NonCausalRows) recomputes phi the same way, so the output and the three gradients are
+  the only q-sized tensors (autograd's would be the features, the numerator and its gradients too).
 - Padding: padded keys get phi = 0, so they add nothing to either sum. Key 0 is always real and every
   query sees it, so no denominator is zero.
 - GQA: the query heads of a group are stacked on the query axis against their one key/value state.
@@ -34,7 +35,7 @@ from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
 
-# a forward without gradients takes this many bytes of rows (all heads) at a time. Measured at N = 1k / 4k /
+# the non-causal passes take this many bytes of rows (all heads) at a time. Measured at N = 1k / 4k /
 # 16k (B 1, H 8, D 64, fp32, one thread, AMD EPYC): 256 KiB 4.6 / 18.3 / 86.0 ms, 1 MiB 5.4 / 16.9 / 80.5,
 # 4 MiB 4.2 / 16.7 / 83.3, 16 MiB 7.6 / 31.6 / 105; 4.0 / 19.5 / 132 with whole q-sized temporaries
 ROW_CHUNK_BYTES = 4 << 20
@@ -115,6 +116,70 @@ class _CausalChunks(torch.autograd.Function):
         return dq, dk, dv, s_total, z_total, None
 
 
+def _feature_slope_(phi: torch.Tensor) -> torch.Tensor:
+    """d phi / dx of phi = elu + 1 from phi(x), in place: 1 where x > 0 (phi = x + 1 > 1), exp(x) = phi(x) <= 1
+    otherwise, so min(phi, 1)."""
+    return phi.clamp_max_(1.0)
+
+
+class _NonCausalRows(torch.autograd.Function):
+    """queries (B, Hkv, G*Nq, d) (a group's heads stacked on the rows), k, v (B, Hkv, Nk, d), key_keep
+    (B, 1, Nk, 1) or None -> phi(Q) S / phi(Q) z with S = phi(K)^T V, z = phi(K)^T 1, `rows` rows at a time.
+
+    Backward, with g the output's gradient, n = g / den and t = -(g . out) / den per row:
+    dphi(Q) = n S^T + t z^T, dS = phi(Q)^T n, dz = phi(Q)^T t, dphi(K) = V dS^T + dz^T, dV = phi(K) dS.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, k, v, key_keep, rows: int):
+        batch, kv_heads, kv_len, head_dim = k.shape
+        state = k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])
+        norm = k.new_zeros(batch, kv_heads, head_dim, 1)
+        for start in range(0, kv_len, rows):
+            phi_k = _key_features(k, key_keep, slice(start, start + rows))
+            state.add_(phi_k.transpose(-1, -2) @ v[:, :, start : start + rows])
+            norm.add_(phi_k.sum(-2)[..., None])
+        out = queries.new_empty(*queries.shape[:-1], v.shape[-1])
+        for start in range(0, queries.shape[2], rows):
+            phi_q = elu_feature_map(queries[:, :, start : start + rows])
+            out[:, :, start : start + rows] = (phi_q @ state).div_(phi_q @ norm)
+        ctx.save_for_backward(queries, k, v, key_keep, state, norm, out)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        queries, k, v, key_keep, state, norm, out = ctx.saved_tensors
+        rows = ctx.rows
+        grad_queries = torch.empty_like(queries)
+        grad_state, grad_norm = torch.zeros_like(state), torch.zeros_like(norm)
+        for start in range(0, queries.shape[2], rows):
+            part = slice(start, start + rows)
+            phi_q = elu_feature_map(queries[:, :, part])
+            den = phi_q @ norm
+            n = grad[:, :, part] / den
+            t = (grad[:, :, part] * out[:, :, part]).sum(-1, keepdim=True).div_(den).neg_()
+            grad_state.add_(phi_q.transpose(-1, -2) @ n)
+            grad_norm.add_(phi_q.transpose(-1, -2) @ t)
+            grad_phi = (n @ state.transpose(-1, -2)).addcmul_(t, norm.transpose(-1, -2))
+            torch.mul(grad_phi, _feature_slope_(phi_q), out=grad_queries[:, :, part])
+        grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
+        for start in range(0, k.shape[2], rows):
+            part = slice(start, start + rows)
+            phi_k = _key_features(k, key_keep, part)
+            torch.matmul(phi_k, grad_state, out=grad_v[:, :, part])
+            grad_phi = (v[:, :, part] @ grad_state.transpose(-1, -2)).add_(grad_norm.transpose(-1, -2))
+            # a padded key's phi is 0, so its slope reads 0 too: its gradient is 0, as it should be
+            torch.mul(grad_phi, _feature_slope_(phi_k), out=grad_k[:, :, part])
+        return grad_queries, grad_k, grad_v, None, None
+
+
+def _key_features(k: torch.Tensor, key_keep: torch.Tensor | None, part: slice) -> torch.Tensor:
+    """phi(k) of rows `part`, zero for padded keys."""
+    phi_k = elu_feature_map(k[:, :, part])
+    return phi_k if key_keep is None else phi_k.mul_(key_keep[:, :, part])
+
+
 class LinearAttention(Attention):
     """phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1) with phi = elu + 1; causal by chunked prefix sums."""
 
@@ -131,42 +196,15 @@ class LinearAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
-        graph = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-        if not self.problem.causal and not graph:
-            return self._without_graph(q, k, v).to(out_dtype)
+        if not self.problem.causal:
+            batch, kv_heads, _, head_dim = k.shape
+            rows = max(1, ROW_CHUNK_BYTES // (batch * kv_heads * head_dim * k.element_size()))
+            out = _NonCausalRows.apply(grouped_queries(q, kv_heads), k, v, self.key_keep, rows)
+            return out.view(q.shape).to(out_dtype)
         phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         if self.key_keep is not None:
             phi_k = phi_k * self.key_keep
-        if self.problem.causal:
-            return self._causal(phi_q, phi_k, v).to(out_dtype)
-        # the query heads of a group stacked on the rows against their one kv state: (B, Hkv, G*Nq, d)
-        rows = grouped_queries(phi_q, k.shape[1])
-        num = rows @ (phi_k.transpose(-1, -2) @ v)  # (B, Hkv, G*Nq, d)
-        den = rows @ phi_k.sum(-2)[..., None]  # (B, Hkv, G*Nq, 1)
-        return num.div_(den).view(q.shape).to(out_dtype)
-
-    def _without_graph(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The non-causal forward when nothing needs a gradient, a few rows at a time: phi(K)^T V and phi(K)^T 1
-        accumulated over row chunks, then each chunk of phi(Q) against them, so the output is the only
-        q-sized tensor (with autograd a slice per chunk would zero-fill whole gradients in the backward)."""
-        batch, kv_heads, kv_len, head_dim = k.shape
-        rows_per_chunk = max(1, ROW_CHUNK_BYTES // (batch * kv_heads * head_dim * k.element_size()))
-        state = k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])
-        norm = k.new_zeros(batch, kv_heads, head_dim, 1)
-        for start in range(0, kv_len, rows_per_chunk):
-            rows = slice(start, start + rows_per_chunk)
-            phi_k = elu_feature_map(k[:, :, rows])
-            if self.key_keep is not None:
-                phi_k.mul_(self.key_keep[:, :, rows])
-            state.add_(phi_k.transpose(-1, -2) @ v[:, :, rows])
-            norm.add_(phi_k.sum(-2)[..., None])
-        queries = grouped_queries(q, kv_heads)  # a group's query heads stacked on the rows: (B, Hkv, G*Nq, d)
-        out = torch.empty_like(queries)
-        for start in range(0, queries.shape[2], rows_per_chunk):
-            rows = slice(start, start + rows_per_chunk)
-            phi_q = elu_feature_map(queries[:, :, rows])
-            out[:, :, rows] = (phi_q @ state).div_(phi_q @ norm)
-        return out.view(q.shape)
+        return self._causal(phi_q, phi_k, v).to(out_dtype)
 
     def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """phi_q (B, Hq, Nq, d); phi_k, v (B, Hkv, Nk, d) -> (B, Hq, Nq, d)."""
