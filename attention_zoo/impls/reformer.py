@@ -144,12 +144,14 @@ class LSHAttention(Attention):
         kv_head = head // heads * v.shape[1] + self.kv_head_of[None, :, None]
         q_rows = (head * n + position.clamp_min(0)).view(-1, c)
         v_rows = (kv_head * n + position.clamp_min(0)).view(-1, c)
-        key_ok = position >= 0
-        if self.key_valid is not None:
-            key_ok &= self.key_valid[:, None, :].expand(-1, heads, -1).gather(2, position.clamp_min(0))
-        position, key_ok = position.view(-1, c), key_ok.view(-1, c)
-        chunk_id = torch.arange(batch * heads * chunks, device=q.device)
-        previous = chunk_id - chunk_id % chunks + (chunk_id - 1) % chunks  # chunk 0 looks back at the last
+        # whether each place is a real key: None when all are (no padding place, no padded key)
+        key_ok = None
+        if self.key_valid is not None or places < chunks * c:
+            key_ok = position >= 0
+            if self.key_valid is not None:
+                key_ok &= self.key_valid[:, None, :].expand(-1, heads, -1).gather(2, position.clamp_min(0))
+            key_ok = key_ok.view(-1, c)
+        position = position.view(-1, c)
         sq = q.reshape(-1, head_dim).index_select(0, q_rows.flatten()).view(-1, c, head_dim)  # (B*H*C, c, d)
         # keys: the sorted queries at unit length
         keys = F.normalize(sq, dim=-1)
@@ -157,14 +159,18 @@ class LSHAttention(Attention):
         # a group of chunks at a time, so its scores and weights stay in the cache at any N; split once (one
         # autograd node: its backward concatenates, where a slice per group would zero-fill whole tensors)
         group = max(1, GROUP_PLACES // c)
-        pieces = [
-            x.split(group)
-            for x in (sq, keys, keys[previous], values, values[previous], position, position[previous], key_ok,
-                      key_ok[previous])
-        ]  # fmt: skip
-        del sq, keys, values  # (without a graph) freed as soon as the groups have been scored
-        results = [self._chunks(*group_pieces) for group_pieces in zip(*pieces, strict=True)]
-        del pieces
+        columns = [keys, values, position] if key_ok is None else [keys, values, position, key_ok]
+        splits = [x.split(group) for x in columns]
+        # a head's first chunk looks back at the head's last
+        wraps = [x.view(batch * heads, chunks, *x.shape[1:])[:, -1] for x in columns]
+        del keys, values  # (without a graph) freed as soon as the groups have been scored
+        results = []
+        for g, sq_piece in enumerate(sq.split(group)):
+            group_pieces = [sq_piece]
+            for split, wrap in zip(splits, wraps, strict=True):
+                group_pieces += [split[g], _chunks_before(split, g, group, wrap, chunks)]
+            results.append(self._chunks(*group_pieces))
+        del sq, splits, wraps, group_pieces
         out, row_max, total = (torch.cat(part) for part in zip(*results, strict=True))
         del results
         # back to slot order: (B, H, n_hashes, N, ...)
@@ -192,8 +198,8 @@ class LSHAttention(Attention):
         values_before: torch.Tensor,
         position: torch.Tensor,
         position_before: torch.Tensor,
-        key_ok: torch.Tensor,
-        key_ok_before: torch.Tensor,
+        key_ok: torch.Tensor | None = None,
+        key_ok_before: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sorted chunks (G, c, d) against themselves and the chunks before them: the unnormalised output
         (G, c, d), each row's max score and its sum of exp(score - max) (G, c), the scores in base 2."""
@@ -201,10 +207,8 @@ class LSHAttention(Attention):
         sq = sq * LOG2_E  # scores in base 2 (attention_zoo/base2.py), and so their row max
         # a chunk's scores against itself and against the chunk before, apart: no (2c)-wide copy of the keys
         parts = [
-            self._masked(sq @ keys.transpose(-1, -2), q_pos, position[:, None, :], key_ok[:, None, :]),
-            self._masked(
-                sq @ keys_before.transpose(-1, -2), q_pos, position_before[:, None, :], key_ok_before[:, None, :]
-            ),
+            self._masked(sq @ keys.transpose(-1, -2), q_pos, position[:, None, :], key_ok),
+            self._masked(sq @ keys_before.transpose(-1, -2), q_pos, position_before[:, None, :], key_ok_before),
         ]  # (G, c, c) each
         # one softmax over both, left unnormalised: exp(score - row max), its sum, and the row max are kept,
         # so the rounds combine by their log-sum-exp without exp(score - logsumexp) rounding a -1e5 self score
@@ -215,21 +219,41 @@ class LSHAttention(Attention):
         return out, row_max, total
 
     def _masked(
-        self, scores: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor
+        self, scores: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor | None
     ) -> torch.Tensor:
         """Scores (G, c, c) of queries at q_pos (G, c, 1) against keys at k_pos (G, 1, c), masked in place:
-        self gets SELF_SCORE; a padding place, a padded key and (causal) a later key MASKED_SCORE."""
+        self gets SELF_SCORE; a padding place, a padded key (key_ok (G, c) False; None: every key is real)
+        and (causal) a later key MASKED_SCORE."""
         scores = scores.masked_fill_(q_pos == k_pos, SELF_SCORE)
-        masked = ~key_ok
+        masked = None if key_ok is None else ~key_ok[:, None, :]
         if self.problem.causal:
-            masked = masked | (k_pos > q_pos)
-        return scores.masked_fill_(masked, MASKED_SCORE)
+            later = k_pos > q_pos
+            masked = later if masked is None else masked | later
+        return scores if masked is None else scores.masked_fill_(masked, MASKED_SCORE)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax over the keys (normalised queries; k is ignored) each query reached in its buckets' chunks."""
         valid = self.key_valid
         valid = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device) if valid is None else valid
         return lsh_dense(q, v, self.sort(q), self.chunk, 1.0, self.problem.causal, valid) + ignored(k)
+
+
+def _chunks_before(split: tuple[torch.Tensor, ...], g: int, group: int, wraps: torch.Tensor, per_head: int):
+    """The chunks before group g's chunks (split[g], chunks g*group ...): chunk i's is chunk i - 1 of its head,
+    a head's first chunk's the head's last (wraps[head]). Built from this group, the last chunk of the group
+    before and the wraps, a group at a time: no copy of the whole sequence's chunks exists."""
+    piece, first = split[g], g * group
+    parts, j = [], 0
+    while j < piece.shape[0]:
+        i = first + j
+        if i % per_head == 0:
+            parts.append(wraps[i // per_head][None])
+            j += 1
+            continue
+        stop = min(piece.shape[0], j + per_head - i % per_head)  # up to the next head's first chunk
+        parts.append(piece[j - 1 : stop - 1] if j else torch.cat([split[g - 1][-1:], piece[: stop - 1]]))
+        j = stop
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _availability(problem: Problem) -> str | None:
