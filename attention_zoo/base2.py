@@ -9,3 +9,4 @@ in base 2 (scores, stabilisers and log-sum-exps alike) computes the same values.
 import math
 
 LOG2_E = math.log2(math.e)
+LN_2 = math.log(2)  # d(natural exponent) / d(base-2 exponent): a gradient through base-2 scores carries it

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import torch
 
+from attention_zoo.base2 import LN_2, LOG2_E
 from attention_zoo.decode import KVCache, grouped_queries, new_token_mask
 from attention_zoo.impls import decode_kernel
 from attention_zoo.interface import Attention
@@ -94,7 +95,8 @@ class _Tiling:
 
 
 class _FlashFunction(torch.autograd.Function):
-    """q5 (B, Hkv, G, Nq, D) already scaled; k5, v5 (B, Hkv, 1, Nk, D)."""
+    """q5 (B, Hkv, G, Nq, D) already scaled, by 1/sqrt(d) * log2(e): scores, maxima and log-sum-exps are
+    base-2 exponents (attention_zoo/base2.py); k5, v5 (B, Hkv, 1, Nk, D)."""
 
     @staticmethod
     def forward(ctx, q5, k5, v5, tiling: _Tiling):
@@ -114,13 +116,13 @@ class _FlashFunction(torch.autograd.Function):
                 new_max = torch.maximum(row_max, scores.amax(dim=-1, keepdim=True))
                 # a row with no allowed key yet keeps max -inf; shift by 0 so exp gives 0, not NaN
                 shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-                probs = scores.sub_(shift).exp_()
-                rescale = (row_max - shift).exp_()
+                probs = scores.sub_(shift).exp2_()
+                rescale = (row_max - shift).exp2_()
                 row_sum.mul_(rescale).add_(probs.sum(dim=-1, keepdim=True))
                 acc.mul_(rescale).add_(probs @ v5[..., k_start : k_start + tiling.k_tile, :])
                 row_max = new_max
             out[..., q_start : q_start + tiling.q_tile, :] = acc / row_sum
-            lse[..., q_start : q_start + tiling.q_tile, :] = row_max + row_sum.log()
+            lse[..., q_start : q_start + tiling.q_tile, :] = row_max + row_sum.log2()
         ctx.save_for_backward(q5, k5, v5, out, lse)
         ctx.tiling = tiling
         return out
@@ -143,13 +145,14 @@ class _FlashFunction(torch.autograd.Function):
                 bias = tiling.score_bias(q_start, k_start, scores.dtype)
                 if bias is not None:
                     scores += bias
-                probs = scores.sub_(lse[..., rows, :]).exp_()  # recomputed, never stored whole
+                probs = scores.sub_(lse[..., rows, :]).exp2_()  # recomputed, never stored whole
                 grad_v[..., cols, :] += (probs.transpose(-1, -2) @ grad_out_tile).sum(dim=2, keepdim=True)
                 grad_probs = grad_out_tile @ v_tile.transpose(-1, -2)
                 grad_scores = probs.mul_(grad_probs.sub_(delta[..., rows, :]))
                 grad_q[..., rows, :] += grad_scores @ k_tile
                 grad_k[..., cols, :] += (grad_scores.transpose(-1, -2) @ q_tile).sum(dim=2, keepdim=True)
-        return grad_q, grad_k, grad_v, None
+        # the scores are base-2 exponents, s * log2(e): their gradient is the natural one times ln 2
+        return grad_q.mul_(LN_2), grad_k.mul_(LN_2), grad_v, None
 
 
 class BlockwiseAttention(Attention):
@@ -165,7 +168,7 @@ class BlockwiseAttention(Attention):
         group = q.shape[1] // kv_heads
         compute = self.problem.compute_dtype  # float32 tiles, running max, sum and accumulator for half inputs
         # GQA by broadcasting: the G query heads of a group share one K/V head, no copy of K or V
-        q5 = (q.to(compute) * self.scale).view(batch, kv_heads, group, q.shape[2], head_dim)
+        q5 = (q.to(compute) * (self.scale * LOG2_E)).view(batch, kv_heads, group, q.shape[2], head_dim)
         k5, v5 = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
         return _FlashFunction.apply(q5, k5, v5, self.tiling).view(q.shape).to(q.dtype)
 
