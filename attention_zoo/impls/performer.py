@@ -102,11 +102,10 @@ class PerformerAttention(Attention):
         """log2(e) * b_i = log2(e) * (w_i^T x_k - |x_k|^2/2) (B, Hkv, c, m) of key chunk k (B, Hkv, c, d) from
         position `start`, -inf for padding (start None: keys of a decode step, unpadded), before any
         stabiliser; w from _projection."""
-        exponent = torch.baddbmm(
-            k.square().sum(-1, keepdim=True).flatten(0, 1).mul_(-LOG2_E / (2 * k.shape[-1] ** 0.5)),
-            k.flatten(0, 1),
-            w.expand(k.shape[0] * k.shape[1], -1, -1),
-        ).view(*k.shape[:3], -1)
+        norms = k.square().sum(-1, keepdim=True).mul_(-LOG2_E / (2 * k.shape[-1] ** 0.5))  # (B, Hkv, c, 1)
+        # matmul's result is a tensor of its own, not a view: the in-place steps on it (here and in the
+        # callers) cost the backward nothing, where on a view each would add a copy of the whole base (CopySlices)
+        exponent = (k @ w).add_(norms)
         if self.key_bias is not None and start is not None:
             exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
         return exponent
@@ -118,8 +117,10 @@ class PerformerAttention(Attention):
         -|x|^2/2 is a row constant, so it cancels against that max and is left out.
         """
         batch, kv_heads = k_max.shape[:2]
-        exponent = (q @ w).reshape(batch, kv_heads, -1, w.shape[-1]).add_(k_max)
-        return exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp2_()
+        group = q.shape[1] // kv_heads
+        exponent = (q @ w).add_(k_max if group == 1 else k_max.repeat_interleave(group, dim=1))  # (B, Hq, c, m)
+        exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp2_()  # in place before the view: see above
+        return exponent.reshape(batch, kv_heads, -1, w.shape[-1])
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.redraw:
