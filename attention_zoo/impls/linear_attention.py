@@ -212,12 +212,17 @@ class LinearAttention(Attention):
         heads, q_len, c = phi_q.shape[1], phi_q.shape[2], self.chunk
         group, chunks = heads // kv_heads, -(-q_len // c)
         offset, pad = kv_len - q_len, chunks * c - q_len
-        # keys before the first query's position are seen by every query: the initial sums
-        s0 = phi_k[:, :, :offset].transpose(-1, -2) @ v[:, :, :offset]  # (B, Hkv, d, d)
-        z0 = phi_k[:, :, :offset].sum(-2)  # (B, Hkv, d)
+        # keys before the first query's position are seen by every query: the initial sums. No slice when
+        # there are none: a slice's backward zero-fills a tensor as large as the whole input, even an empty one's
+        s0 = phi_k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])  # (B, Hkv, d, e)
+        z0 = phi_k.new_zeros(batch, kv_heads, head_dim)  # (B, Hkv, d)
+        if offset:
+            s0 = phi_k[:, :, :offset].transpose(-1, -2) @ v[:, :, :offset]
+            z0 = phi_k[:, :, :offset].sum(-2)
+            phi_k, v = phi_k[:, :, offset:], v[:, :, offset:]
         # key offset + i sits at query i: chunk both alike (zero padding adds nothing)
-        k_chunks = pad_rows(phi_k[:, :, offset:], pad).reshape(batch * kv_heads, chunks, c, head_dim)
-        v_chunks = pad_rows(v[:, :, offset:], pad).reshape(batch * kv_heads, chunks, c, head_dim)
+        k_chunks = pad_rows(phi_k, pad).reshape(batch * kv_heads, chunks, c, head_dim)
+        v_chunks = pad_rows(v, pad).reshape(batch * kv_heads, chunks, c, head_dim)
         # queries: (B, Hq, Nq, d) -> (B*Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
         q_chunks = pad_rows(phi_q, pad).reshape(batch, kv_heads, group, chunks, c, head_dim)
         q_chunks = q_chunks.transpose(2, 3).reshape(batch * kv_heads, chunks, group * c, head_dim)
@@ -225,7 +230,8 @@ class LinearAttention(Attention):
             q_chunks, k_chunks, v_chunks, s0.flatten(0, 1), z0.flatten(0, 1), self.chunk_causal
         )  # (B*Hkv, nc, G*c, d)
         out = out.view(batch, kv_heads, chunks, group, c, head_dim).transpose(2, 3)
-        return out.reshape(batch, heads, chunks * c, head_dim)[:, :, :q_len]
+        out = out.reshape(batch, heads, chunks * c, head_dim)
+        return out[:, :, :q_len] if pad else out
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return linear_dense(q, k, v, self.problem.allowed_mask())
