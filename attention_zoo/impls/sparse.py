@@ -218,10 +218,14 @@ class SlidingWindowAttention(Attention):
         out = out.view(batch, kv_heads, blocks, group, block, head_dim)
         if self.row_keep is not None:
             out = out * self.row_keep
-        out = out.transpose(2, 3).reshape(batch, kv_heads * group, blocks * block, head_dim)[:, :, :q_len]
+        out = out.transpose(2, 3).reshape(batch, kv_heads * group, blocks * block, head_dim)
+        # no slice that keeps everything, and global rows written over by slice_scatter rather than a cat of
+        # slices: each slice's backward zero-fills a tensor the size of the whole output (an empty one's too)
+        if blocks * block != q_len:
+            out = out[:, :, :q_len]
         rows = layout.global_rows
         if rows:
-            out = torch.cat([out[:, :, : rows.start], self._global_rows(q, k, v), out[:, :, rows.stop :]], dim=2)
+            out = out.slice_scatter(self._global_rows(q, k, v), dim=2, start=rows.start, end=rows.stop)
         return out.to(out_dtype)
 
     def _global_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
