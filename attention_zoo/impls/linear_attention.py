@@ -132,23 +132,15 @@ class _NonCausalRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries, k, v, key_keep, rows: int):
-        batch, kv_heads, kv_len, head_dim = k.shape
-        state = k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])
-        norm = k.new_zeros(batch, kv_heads, head_dim, 1)
-        for start in range(0, kv_len, rows):
-            phi_k = _key_features(k, key_keep, slice(start, start + rows))
-            state.add_(phi_k.transpose(-1, -2) @ v[:, :, start : start + rows])
-            norm.add_(phi_k.sum(-2)[..., None])
-        out = queries.new_empty(*queries.shape[:-1], v.shape[-1])
-        for start in range(0, queries.shape[2], rows):
-            phi_q = elu_feature_map(queries[:, :, start : start + rows])
-            out[:, :, start : start + rows] = (phi_q @ state).div_(phi_q @ norm)
+        out, state, norm = non_causal_rows(queries, k, v, key_keep, rows)
         ctx.save_for_backward(queries, k, v, key_keep, state, norm, out)
         ctx.rows = rows
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        """Row chunks again, each step written into the gradient it belongs to: besides the three gradients,
+        only a chunk's phi and its n exist at once."""
         queries, k, v, key_keep, state, norm, out = ctx.saved_tensors
         rows = ctx.rows
         grad_queries = torch.empty_like(queries)
@@ -158,20 +150,43 @@ class _NonCausalRows(torch.autograd.Function):
             phi_q = elu_feature_map(queries[:, :, part])
             den = phi_q @ norm
             n = grad[:, :, part] / den
-            t = (grad[:, :, part] * out[:, :, part]).sum(-1, keepdim=True).div_(den).neg_()
             grad_state.add_(phi_q.transpose(-1, -2) @ n)
+            grad_phi = grad_queries[:, :, part]
+            torch.matmul(n, state.transpose(-1, -2), out=grad_phi)
+            t = n.mul_(out[:, :, part]).sum(-1, keepdim=True).neg_()  # -(g . out) / den, in n's memory
+            del n
             grad_norm.add_(phi_q.transpose(-1, -2) @ t)
-            grad_phi = (n @ state.transpose(-1, -2)).addcmul_(t, norm.transpose(-1, -2))
-            torch.mul(grad_phi, _feature_slope_(phi_q), out=grad_queries[:, :, part])
+            grad_phi.addcmul_(t, norm.transpose(-1, -2)).mul_(_feature_slope_(phi_q))
+        del phi_q  # the last chunk's, before the key gradients exist
         grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
         for start in range(0, k.shape[2], rows):
             part = slice(start, start + rows)
             phi_k = _key_features(k, key_keep, part)
             torch.matmul(phi_k, grad_state, out=grad_v[:, :, part])
-            grad_phi = (v[:, :, part] @ grad_state.transpose(-1, -2)).add_(grad_norm.transpose(-1, -2))
+            grad_phi = grad_k[:, :, part]
+            torch.matmul(v[:, :, part], grad_state.transpose(-1, -2), out=grad_phi)
             # a padded key's phi is 0, so its slope reads 0 too: its gradient is 0, as it should be
-            torch.mul(grad_phi, _feature_slope_(phi_k), out=grad_k[:, :, part])
+            grad_phi.add_(grad_norm.transpose(-1, -2)).mul_(_feature_slope_(phi_k))
         return grad_queries, grad_k, grad_v, None, None
+
+
+def non_causal_rows(queries, k, v, key_keep, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_NonCausalRows' forward without a graph: (out, S, z), the state and the queries `rows` rows at a time."""
+    batch, kv_heads, kv_len, head_dim = k.shape
+    state = k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])
+    norm = k.new_zeros(batch, kv_heads, head_dim, 1)
+    for start in range(0, kv_len, rows):
+        phi_k = _key_features(k, key_keep, slice(start, start + rows))
+        state.add_(phi_k.transpose(-1, -2) @ v[:, :, start : start + rows])
+        norm.add_(phi_k.sum(-2)[..., None])
+    if queries.shape[2] <= rows:  # one chunk: its result is the output, no copy into one
+        phi_q = elu_feature_map(queries)
+        return (phi_q @ state).div_(phi_q @ norm), state, norm
+    out = queries.new_empty(*queries.shape[:-1], v.shape[-1])
+    for start in range(0, queries.shape[2], rows):
+        phi_q = elu_feature_map(queries[:, :, start : start + rows])
+        out[:, :, start : start + rows] = (phi_q @ state).div_(phi_q @ norm)
+    return out, state, norm
 
 
 def _key_features(k: torch.Tensor, key_keep: torch.Tensor | None, part: slice) -> torch.Tensor:
@@ -199,7 +214,11 @@ class LinearAttention(Attention):
         if not self.problem.causal:
             batch, kv_heads, _, head_dim = k.shape
             rows = max(1, ROW_CHUNK_BYTES // (batch * kv_heads * head_dim * k.element_size()))
-            out = _NonCausalRows.apply(grouped_queries(q, kv_heads), k, v, self.key_keep, rows)
+            queries = grouped_queries(q, kv_heads)
+            if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+                out = _NonCausalRows.apply(queries, k, v, self.key_keep, rows)
+            else:  # no graph to build: the same rows, without an autograd node and its saved tensors
+                out = non_causal_rows(queries, k, v, self.key_keep, rows)[0]
             return out.view(q.shape).to(out_dtype)
         phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         if self.key_keep is not None:
