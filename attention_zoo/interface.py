@@ -8,6 +8,11 @@ from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 
 
+def builds_graph(*tensors: torch.Tensor) -> bool:
+    """Whether a call on these inputs records an autograd graph (grad mode on and an input needing a gradient)."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+
+
 class Attention(torch.nn.Module):
     """A built implementation for one problem: call it as impl(q, k, v) -> out.
 

@@ -10,6 +10,19 @@ from attention_zoo.impls.linear_attention import prefix_sums_
 from attention_zoo.reference import TOLERANCES, normalised_max_error
 
 
+def _assert_matches_float64(attention, q, k, v) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """attention(q, k, v) and its gradients against dense_reference's float64; returns (out, gradients)."""
+    out = attention(q, k, v)
+    reference = attention.dense_reference(q, k, v)
+    assert normalised_max_error(out, reference) < TOLERANCES["float32"]
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = torch.autograd.grad(reference, (q, k, v), grad.double())
+    for a, b in zip(ours, theirs, strict=True):
+        assert normalised_max_error(a, b) < TOLERANCES["float32"]
+    return out, ours
+
+
 def test_prefix_sums_are_cumsum_over_the_chunks_in_place() -> None:
     x = torch.randn(3, 9, 4, 5, dtype=torch.float64)
     expected = x.cumsum(1)
@@ -21,14 +34,7 @@ def test_many_chunks_forward_and_gradients_match_float64() -> None:
     problem = z.Problem(q_len=1000, q_heads=4, kv_heads=2, head_dim=16, causal=True)
     attention = z.get("linear_attention").build(problem, causal_chunk=64)  # 16 chunks, the last one short
     q, k, v = (torch.randn(1, h, 1000, 16, requires_grad=True) for h in (4, 2, 2))
-    out = attention(q, k, v)
-    reference = attention.dense_reference(q, k, v)
-    assert normalised_max_error(out, reference) < TOLERANCES["float32"]
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (q, k, v), grad)
-    theirs = torch.autograd.grad(reference, (q, k, v), grad.double())
-    for a, b in zip(ours, theirs, strict=True):
-        assert normalised_max_error(a, b) < TOLERANCES["float32"]
+    _assert_matches_float64(attention, q, k, v)
 
 
 def test_non_causal_row_chunks_forward_and_gradients_match_float64(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,13 +45,6 @@ def test_non_causal_row_chunks_forward_and_gradients_match_float64(monkeypatch: 
     q, k, v = problem.make_inputs(seed=2, requires_grad=True)
     with torch.no_grad():
         without_graph = attention(q, k, v)
-    out = attention(q, k, v)
+    out, ours = _assert_matches_float64(attention, q, k, v)
     torch.testing.assert_close(without_graph, out.detach(), rtol=0, atol=0)
-    reference = attention.dense_reference(q, k, v)
-    assert normalised_max_error(out, reference) < TOLERANCES["float32"]
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, (q, k, v), grad)
-    theirs = torch.autograd.grad(reference, (q, k, v), grad.double())
-    for a, b in zip(ours, theirs, strict=True):
-        assert normalised_max_error(a, b) < TOLERANCES["float32"]
     assert ours[1][1, :, 123:].abs().max() == 0 and ours[2][1, :, 123:].abs().max() == 0  # padded keys

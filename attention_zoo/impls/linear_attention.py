@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
-from attention_zoo.interface import Attention
+from attention_zoo.interface import Attention, builds_graph
 from attention_zoo.padding import pad_rows
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
@@ -132,7 +132,7 @@ class _NonCausalRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, queries, k, v, key_keep, rows: int):
-        out, state, norm = non_causal_rows(queries, k, v, key_keep, rows)
+        out, state, norm = _non_causal_rows(queries, k, v, key_keep, rows)
         ctx.save_for_backward(queries, k, v, key_keep, state, norm, out)
         ctx.rows = rows
         return out
@@ -170,7 +170,7 @@ class _NonCausalRows(torch.autograd.Function):
         return grad_queries, grad_k, grad_v, None, None
 
 
-def non_causal_rows(queries, k, v, key_keep, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _non_causal_rows(queries, k, v, key_keep, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """_NonCausalRows' forward without a graph: (out, S, z), the state and the queries `rows` rows at a time."""
     batch, kv_heads, kv_len, head_dim = k.shape
     state = k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])
@@ -215,10 +215,10 @@ class LinearAttention(Attention):
             batch, kv_heads, _, head_dim = k.shape
             rows = max(1, ROW_CHUNK_BYTES // (batch * kv_heads * head_dim * k.element_size()))
             queries = grouped_queries(q, kv_heads)
-            if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            if builds_graph(q, k, v):
                 out = _NonCausalRows.apply(queries, k, v, self.key_keep, rows)
             else:  # no graph to build: the same rows, without an autograd node and its saved tensors
-                out = non_causal_rows(queries, k, v, self.key_keep, rows)[0]
+                out = _non_causal_rows(queries, k, v, self.key_keep, rows)[0]
             return out.view(q.shape).to(out_dtype)
         phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         if self.key_keep is not None:

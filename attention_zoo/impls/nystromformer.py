@@ -27,7 +27,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from attention_zoo.interface import Attention
+from attention_zoo.interface import Attention, builds_graph
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention, expand_kv_heads
 from attention_zoo.registry import register
@@ -144,7 +144,7 @@ class NystromAttention(Attention):
         kernel_2 = torch.softmax(q_land_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, m, m)
         # softmax(Q~ K^T) V is attention of the m landmark queries over the N keys, and softmax(Q K~^T) times
         # pinv(kernel 2) softmax(Q~ K^T) V attention of the N queries over the m landmark keys
-        fused = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
+        fused = not builds_graph(q, k, v)
         mixed = softmax_attention(q_land, k, v, self.key_mask, fused)
         values = iterative_pinv(kernel_2, self.iterations) @ mixed  # (B, Hq, m, d)
         if gqa:

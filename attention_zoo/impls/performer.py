@@ -212,8 +212,7 @@ class PerformerAttention(Attention):
         phi_q = q_exponent.sub_(q_exponent.amax(-1, keepdim=True)).exp2_()  # (B, Hkv, G*T, m)
         v_ones = torch.cat([v, v.new_ones(*v.shape[:3], 1)], dim=-1)
         mask = new_token_mask(steps, q.device).repeat(q.shape[1] // k.shape[1], 1)
-        out = (phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones)
-        out = out[..., :head_dim] / out[..., head_dim:]
+        out = _normalised((phi_q @ sums).add_((phi_q @ phi_k.transpose(-1, -2)).mul_(mask) @ v_ones))
         sums = sums + phi_k.transpose(-1, -2) @ v_ones
         return out.reshape(q.shape).to(out_dtype), RecurrentState(sums, state.position + steps, stabiliser)
 

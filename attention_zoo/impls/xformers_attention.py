@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from attention_zoo.interface import Attention
+from attention_zoo.interface import Attention, builds_graph
 from attention_zoo.masks import additive_bias
 from attention_zoo.problem import Problem
 from attention_zoo.registry import register
@@ -103,7 +103,7 @@ class XformersAttention(Attention):
         return self.operators[needs_gradient]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        needs_gradient = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        needs_gradient = builds_graph(q, k, v)
         q_x, k_x, v_x, bias = self._layout(q, k, v, needs_gradient)
         forward, backward = self._operators(q_x, k_x, v_x, bias, needs_gradient)
         self.kernel = forward.NAME if backward is None else f"{forward.NAME} / {backward.NAME}"
