@@ -16,8 +16,10 @@ with scores scaled by 1/sqrt(d) (q and k each by d^-1/4, as the paper's code). C
 - Not causal: every landmark mixes a whole segment, future positions included.
 - Half precision computes in float32 (the iterative inverse needs it); the output is in the input dtype.
 - softmax(Q~ K^T) V and softmax(Q K~^T) (pinv(...) softmax(Q~ K^T) V) are softmax attentions (m landmark
-  queries over N keys, N queries over m landmark keys), computed by SDPA's fused kernel when no graph is
-  built: the (N x m) kernels 1 and 3 are never formed. With a graph they are formed (`softmax_attention`).
+  queries over N keys, N queries over m landmark keys): SDPA's fused kernel where no graph is built, and
+  otherwise chunks of the long side forward and backward (`landmark_softmax`): kernels 1 and 3, (N x m)
+  each, are never formed.
+- Landmarks are segment sums scaled by 1/count: a mean's backward would divide a whole-input tensor.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from attention_zoo.interface import Attention, builds_graph
+from attention_zoo.impls.landmark_softmax import landmarks_over_keys, queries_over_landmarks
+from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention, expand_kv_heads
 from attention_zoo.registry import register
@@ -63,24 +66,6 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
         inner = torch.baddbmm(eye, az, 7 * eye - az, beta=15, alpha=-1)  # 15I - AZ (7I - AZ)
         z = torch.bmm(z, torch.baddbmm(eye, az, inner, beta=13 / 4, alpha=-1 / 4))
     return z.view(a.shape)
-
-
-def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, fused: bool
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d), keys masked) v, q (B, Hq, L, d) against k, v (B, Hkv, S, d), key_mask (B, 1, 1, S).
-
-    fused: SDPA's kernel, which tiles it (no (L x S) scores exist). Otherwise the scores are formed, a
-    group's query heads stacked on the rows, for autograd: SDPA's CPU backward holds 25-34% more memory
-    at N = 512-2048 (the regression suite's bwd peak) than autograd through the formed (N x m) scores.
-    """
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=q.shape[1] != k.shape[1])
-    batch, kv_heads, _, head_dim = k.shape
-    scores = (q.reshape(batch, kv_heads, -1, head_dim) @ k.transpose(-1, -2)).mul_(head_dim**-0.5)
-    if key_mask is not None:
-        scores = scores.masked_fill_(~key_mask, float("-inf"))
-    return (torch.softmax(scores, dim=-1) @ v).view(*q.shape[:-1], v.shape[-1])
 
 
 def nystrom_dense(
@@ -148,14 +133,13 @@ class NystromAttention(Attention):
         # kernel 2, (m x m) per head: the query heads of a group stacked on the row axis against their kv head
         q_land_rows = q_land.reshape(batch, kv_heads, -1, head_dim) * head_dim**-0.5
         kernel_2 = torch.softmax(q_land_rows @ k_land.transpose(-1, -2), dim=-1).view(batch, heads, m, m)
-        # softmax(Q~ K^T) V is attention of the m landmark queries over the N keys, and softmax(Q K~^T) times
-        # pinv(kernel 2) softmax(Q~ K^T) V attention of the N queries over the m landmark keys
-        fused = not builds_graph(q, k, v)
-        mixed = softmax_attention(q_land, k, v, self.key_mask, fused)
-        values = iterative_pinv(kernel_2, self.iterations) @ mixed  # (B, Hq, m, d)
+        # softmax(Q~ K^T) V is attention of the m landmark queries (a group's stacked) over the N keys, and
+        # softmax(Q K~^T) times pinv(kernel 2) softmax(Q~ K^T) V attention of the N queries over the m landmark keys
+        mixed = landmarks_over_keys(q_land.reshape(batch, kv_heads, -1, head_dim), k, v, self.key_mask, head_dim**-0.5)
+        values = iterative_pinv(kernel_2, self.iterations) @ mixed.view(batch, heads, m, -1)  # (B, Hq, m, d)
         if gqa:
             k_land = k_land.repeat_interleave(heads // kv_heads, dim=1)
-        return softmax_attention(q, k_land, values, None, fused).to(out_dtype)
+        return queries_over_landmarks(q, k_land, values, head_dim**-0.5).to(out_dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.exact:

@@ -1,0 +1,152 @@
+"""Softmax attention with one short side (m landmarks) in chunks of the long side, forward and backward written out.
+
+Nystromformer's kernels 1 and 3 are softmax attentions in which one side has m << N positions:
+- `queries_over_landmarks`: N queries over m keys, softmax(Q K~^T s) W, CHUNK_BYTES of query rows (all
+  heads) at a time; the backward recomputes each chunk's probabilities from its rows' log-sum-exps.
+- `landmarks_over_keys`: m queries over N keys, softmax(Q~ K^T s) V, CHUNK_BYTES of keys at a time with
+  the online softmax (a running maximum and sum per query, the (m x d) accumulator rescaled); the
+  backward recomputes each key chunk's probabilities the same way.
+Only the inputs, a small output and one log-sum-exp per row are saved, so no (N x m) tensor exists,
+forward or backward: autograd through the formed scores keeps the scores, the probabilities and their
+gradients, four tensors the size of q at m = d (SDPA's CPU backward held more still). Exponents are base 2
+(`attention_zoo.base2`). Where no graph is built, SDPA's fused forward, 5-20% faster here at N = 1k.
+The Functions take and return tensors in the caller's shape, each long gradient allocated in its input's
+shape and returned as itself: autograd adds the landmarks' (broadcast) gradient into such a tensor in
+place, but into a reshaped view of one by allocating a third (+25% backward peak at N = 512-2048).
+
+Backward of out = P W, P = softmax(S): dW = P^T g, dP = g W^T, dS = P (dP - rowsum(P dP)), and
+rowsum(P dP) = rowsum(g out), so dq = dS K s, dK = dS^T q s.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attention_zoo.base2 import LOG2_E
+from attention_zoo.interface import builds_graph
+
+# bytes of a chunk's scores (all heads). nystromformer fwd_bwd at N = 1k / 4k / 16k (B 1, H 8, D 64, m 64,
+# fp32, one thread, AMD EPYC), ms: 256 KiB 28.3 / 75.5 / 375, 512 KiB 27.0 / 80.0 / 363, 1 MiB 25.2 / 88.8 /
+# 363, 2 MiB 25.5 / 73.9 / 367, 4 MiB 25.5 / 78.9 / 411 (1k and 4k move by 10% between runs)
+CHUNK_BYTES = 2 << 20
+
+
+def _chunk(x: torch.Tensor, short: int) -> int:
+    """Positions of the long side of x (X, N, d) per chunk: CHUNK_BYTES of (X, position, short) scores."""
+    return max(1, CHUNK_BYTES // (x.shape[0] * short * x.element_size()))
+
+
+class _QueriesOverLandmarks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, keys, values, scale: float):  # q (..., N, d); keys (..., m, d); values (..., m, e)
+        ctx.shapes, shape = (q.shape, keys.shape, values.shape), (*q.shape[:-1], values.shape[-1])
+        q, keys, values = (x.flatten(0, -3) for x in (q, keys, values))
+        rows = _chunk(q, keys.shape[1])
+        keys_t = keys.transpose(1, 2) * (scale * LOG2_E)  # base-2 scores
+        out = q.new_empty(*q.shape[:2], values.shape[2])
+        lse = q.new_empty(*q.shape[:2], 1)  # base 2
+        for start in range(0, q.shape[1], rows):
+            part = slice(start, start + rows)
+            scores = torch.bmm(q[:, part], keys_t)
+            top = scores.amax(2, keepdim=True)
+            probs = scores.sub_(top).exp2_()
+            total = probs.sum(2, keepdim=True)
+            torch.bmm(probs, values, out=out[:, part]).div_(total)
+            torch.add(top, total.log2_(), out=lse[:, part])
+        ctx.save_for_backward(q, keys, values, lse)
+        ctx.scale = scale
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, keys, values, lse = ctx.saved_tensors
+        scale = ctx.scale
+        grad = grad.reshape(*q.shape[:2], -1)
+        rows = _chunk(q, keys.shape[1])
+        keys_t, keys_s = keys.transpose(1, 2) * (scale * LOG2_E), keys * scale
+        grad_q_full = q.new_empty(ctx.shapes[0])  # returned as itself (see the module's note)
+        grad_q = grad_q_full.view(q.shape)
+        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
+        for start in range(0, q.shape[1], rows):
+            part = slice(start, start + rows)
+            q_part, g = q[:, part], grad[:, part]
+            probs = torch.bmm(q_part, keys_t).sub_(lse[:, part]).exp2_()
+            grad_values.baddbmm_(probs.transpose(1, 2), g)
+            grad_probs = torch.bmm(g, values.transpose(1, 2))
+            grad_scores = grad_probs.sub_((probs * grad_probs).sum(2, keepdim=True)).mul_(probs)
+            torch.bmm(grad_scores, keys_s, out=grad_q[:, part])
+            grad_keys.baddbmm_(grad_scores.transpose(1, 2), q_part)
+        shapes = ctx.shapes
+        return grad_q_full, grad_keys.mul_(scale).view(shapes[1]), grad_values.view(shapes[2]), None
+
+
+class _LandmarksOverKeys(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, k, v, hidden, scale: float):  # queries (..., M, d); k, v (..., N, d); hidden (X, 1, N)
+        ctx.shapes, shape = (queries.shape, k.shape, v.shape), (*queries.shape[:-1], v.shape[-1])
+        queries, k, v = (x.flatten(0, -3) for x in (queries, k, v))
+        cols = _chunk(k, queries.shape[1])
+        queries_2 = queries * (scale * LOG2_E)  # base-2 scores
+        lowest = torch.finfo(queries.dtype).min  # the running maximum while every key so far is hidden
+        acc = queries.new_zeros(*queries.shape[:2], v.shape[2])
+        total = queries.new_zeros(*queries.shape[:2], 1)
+        top = queries.new_full(total.shape, lowest)
+        for start in range(0, k.shape[1], cols):
+            part = slice(start, start + cols)
+            scores = torch.bmm(queries_2, k[:, part].transpose(1, 2))
+            if hidden is not None:
+                scores.masked_fill_(hidden[:, :, part], float("-inf"))
+            new_top = torch.maximum(top, scores.amax(2, keepdim=True))
+            rescale = (top - new_top).exp2_()
+            probs = scores.sub_(new_top).exp2_()
+            acc.mul_(rescale).baddbmm_(probs, v[:, part])
+            total.mul_(rescale).add_(probs.sum(2, keepdim=True))
+            top = new_top
+        out = acc.div_(total)
+        lse = top.add_(total.log2_())
+        ctx.save_for_backward(queries, k, v, hidden, out, lse)
+        ctx.scale = scale
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        queries, k, v, hidden, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        grad = grad.reshape(out.shape)
+        cols = _chunk(k, queries.shape[1])
+        queries_2, queries_s = queries * (scale * LOG2_E), queries * scale
+        row_dot = (grad * out).sum(2, keepdim=True)  # rowsum(P dP)
+        grad_queries = torch.zeros_like(queries)
+        grad_k_full, grad_v_full = k.new_empty(ctx.shapes[1]), v.new_empty(ctx.shapes[2])
+        grad_k, grad_v = grad_k_full.view(k.shape), grad_v_full.view(v.shape)
+        for start in range(0, k.shape[1], cols):
+            part = slice(start, start + cols)
+            k_part, v_part = k[:, part], v[:, part]
+            scores = torch.bmm(queries_2, k_part.transpose(1, 2))
+            if hidden is not None:
+                scores.masked_fill_(hidden[:, :, part], float("-inf"))
+            probs = scores.sub_(lse).exp2_()
+            torch.bmm(probs.transpose(1, 2), grad, out=grad_v[:, part])
+            grad_scores = torch.bmm(grad, v_part.transpose(1, 2)).sub_(row_dot).mul_(probs)
+            torch.bmm(grad_scores.transpose(1, 2), queries_s, out=grad_k[:, part])
+            grad_queries.baddbmm_(grad_scores, k_part)
+        return grad_queries.mul_(scale).view(ctx.shapes[0]), grad_k_full, grad_v_full, None, None
+
+
+def queries_over_landmarks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q keys^T scale) values: q (..., N, d) against keys (..., m, d), values (..., m, e)."""
+    if not builds_graph(q, keys, values):
+        return F.scaled_dot_product_attention(q, keys, values, scale=scale)
+    return _QueriesOverLandmarks.apply(q, keys, values, scale)
+
+
+def landmarks_over_keys(
+    queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """softmax(queries k^T scale, keys where key_mask is False left out) v: queries (B, H, M, d) against
+    k, v (B, H, N, d); key_mask bool (B, 1, 1, N) or None."""
+    if not builds_graph(queries, k, v):
+        return F.scaled_dot_product_attention(queries, k, v, attn_mask=key_mask, scale=scale)
+    hidden = None if key_mask is None else (~key_mask).expand(*k.shape[:2], 1, -1).flatten(0, 1)
+    return _LandmarksOverKeys.apply(queries, k, v, hidden, scale)
