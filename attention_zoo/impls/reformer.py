@@ -31,17 +31,12 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from attention_zoo.base2 import LOG2_E
+from attention_zoo.impls.lsh_chunks import combine_rounds, lsh_chunks
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
-
-SELF_SCORE = -1e5  # a position's score for itself: wins only over masked keys
-MASKED_SCORE = -1e9
-DEAD_BELOW = -1e8  # a log-sum-exp below this came from masked keys only
-GROUP_PLACES = 4096  # sorted places per group of chunks (a group's gathered rows and scores stay in the cache)
 
 
 def bucket_factors(seq_len: int, bucket_size: int) -> list[int]:
@@ -138,8 +133,8 @@ class LSHAttention(Attention):
         places, c = order.shape[-1], self.chunk
         chunks = -(-places // c)
         position = F.pad(order % n, (0, chunks * c - places), value=-1)  # (B, H, S'), -1 = a padding place
-        # per sorted chunk (B*H*C of them, each head's in order): the rows of the flattened (B*H*N, d) q and
-        # (B*Hkv*N, d) values at its places, their positions and whether each is a real key
+        # per sorted place (B*H*C chunks of c, each head's in order): its row of the flattened (B*H*N, d) q and
+        # (B*Hkv*N, d) v, and its position
         head = torch.arange(batch * heads, device=q.device).view(batch, heads, 1)
         kv_head = head // heads * v.shape[1] + self.kv_head_of[None, :, None]
         q_rows = (head * n + position.clamp_min(0)).view(-1, c)
@@ -151,109 +146,21 @@ class LSHAttention(Attention):
             if self.key_valid is not None:
                 key_ok &= self.key_valid[:, None, :].expand(-1, heads, -1).gather(2, position.clamp_min(0))
             key_ok = key_ok.view(-1, c)
-        position = position.view(-1, c)
-        sq = q.reshape(-1, head_dim).index_select(0, q_rows.flatten()).view(-1, c, head_dim)  # (B*H*C, c, d)
-        # keys: the sorted queries at unit length
-        keys = F.normalize(sq, dim=-1)
-        values = v.reshape(-1, head_dim).index_select(0, v_rows.flatten()).view(-1, c, head_dim)
-        # a group of chunks at a time, so its scores and weights stay in the cache at any N; split once (one
-        # autograd node: its backward concatenates, where a slice per group would zero-fill whole tensors)
-        group = max(1, GROUP_PLACES // c)
-        columns = [keys, values, position] if key_ok is None else [keys, values, position, key_ok]
-        splits = [x.split(group) for x in columns]
-        # a head's first chunk looks back at the head's last
-        wraps = [x.view(batch * heads, chunks, *x.shape[1:])[:, -1] for x in columns]
-        del keys, values  # (without a graph) freed as soon as the groups have been scored
-        results = []
-        for g, sq_piece in enumerate(sq.split(group)):
-            group_pieces = [sq_piece]
-            for split, wrap in zip(splits, wraps, strict=True):
-                group_pieces += [split[g], _chunks_before(split, g, group, wrap, chunks)]
-            results.append(self._chunks(*group_pieces))
-        del sq, splits, wraps, group_pieces
-        out, row_max, total = (torch.cat(part) for part in zip(*results, strict=True))
-        del results
-        # back to slot order: (B, H, n_hashes, N, ...)
+        out, row_max, total = lsh_chunks(
+            q.reshape(-1, head_dim), v.reshape(-1, head_dim), q_rows, v_rows, position.view(-1, c), key_ok, chunks,
+            self.problem.causal,
+        )  # fmt: skip
+        # each position's sorted place in every round: (B*H*N, n_hashes)
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
-        undo_rows = (head * (chunks * c) + undo).flatten()
-        shape = (batch, heads, self.n_hashes, n)
-
-        def slot_order(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(batch * heads * chunks * c, -1).index_select(0, undo_rows).view(*shape, -1)
-
-        out, row_max, total = slot_order(out), slot_order(row_max)[..., 0], slot_order(total)[..., 0]
-        best = row_max.amax(2, keepdim=True)  # (B, H, 1, N): each round weighs exp(its max - the best)
-        round_weight = (row_max - best).exp2_()
-        result = (out * round_weight[..., None]).sum(2) / (total * round_weight).sum(2)[..., None]
-        if self.key_valid is not None:  # a query that reached masked keys only outputs zeros
-            result = result * (best[:, :, 0] > DEAD_BELOW)[..., None]
-        return result.to(out_dtype) + ignored(k)
-
-    def _chunks(
-        self,
-        sq: torch.Tensor,
-        keys: torch.Tensor,
-        keys_before: torch.Tensor,
-        values: torch.Tensor,
-        values_before: torch.Tensor,
-        position: torch.Tensor,
-        position_before: torch.Tensor,
-        key_ok: torch.Tensor | None = None,
-        key_ok_before: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sorted chunks (G, c, d) against themselves and the chunks before them: the unnormalised output
-        (G, c, d), each row's max score and its sum of exp(score - max) (G, c), the scores in base 2."""
-        q_pos = position[:, :, None]
-        sq = sq * LOG2_E  # scores in base 2 (attention_zoo/base2.py), and so their row max
-        # a chunk's scores against itself and against the chunk before, apart: no (2c)-wide copy of the keys
-        parts = [
-            self._masked(sq @ keys.transpose(-1, -2), q_pos, position[:, None, :], key_ok),
-            self._masked(sq @ keys_before.transpose(-1, -2), q_pos, position_before[:, None, :], key_ok_before),
-        ]  # (G, c, c) each
-        # one softmax over both, left unnormalised: exp(score - row max), its sum, and the row max are kept,
-        # so the rounds combine by their log-sum-exp without exp(score - logsumexp) rounding a -1e5 self score
-        row_max = torch.maximum(parts[0].amax(-1), parts[1].amax(-1)).detach()  # the result does not depend on it
-        weights = [part.sub_(row_max[..., None]).exp2_() for part in parts]
-        total = weights[0].sum(-1).add_(weights[1].sum(-1))
-        out = (weights[0] @ values).add_(weights[1] @ values_before)
-        return out, row_max, total
-
-    def _masked(
-        self, scores: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Scores (G, c, c) of queries at q_pos (G, c, 1) against keys at k_pos (G, 1, c), masked in place:
-        self gets SELF_SCORE; a padding place, a padded key (key_ok (G, c) False; None: every key is real)
-        and (causal) a later key MASKED_SCORE."""
-        scores = scores.masked_fill_(q_pos == k_pos, SELF_SCORE)
-        masked = None if key_ok is None else ~key_ok[:, None, :]
-        if self.problem.causal:
-            later = k_pos > q_pos
-            masked = later if masked is None else masked | later
-        return scores if masked is None else scores.masked_fill_(masked, MASKED_SCORE)
+        place_of = (head * (chunks * c) + undo).view(batch * heads, self.n_hashes, n).transpose(1, 2).flatten(0, 1)
+        result = combine_rounds(out.view(-1, head_dim), row_max.flatten(), total.flatten(), place_of, k)
+        return result.view(batch, heads, n, head_dim).to(out_dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax over the keys (normalised queries; k is ignored) each query reached in its buckets' chunks."""
         valid = self.key_valid
         valid = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device) if valid is None else valid
         return lsh_dense(q, v, self.sort(q), self.chunk, 1.0, self.problem.causal, valid) + ignored(k)
-
-
-def _chunks_before(split: tuple[torch.Tensor, ...], g: int, group: int, wraps: torch.Tensor, per_head: int):
-    """The chunks before group g's chunks (split[g], chunks g*group ...): chunk i's is chunk i - 1 of its head,
-    a head's first chunk's the head's last (wraps[head]). Built from this group, the last chunk of the group
-    before and the wraps, a group at a time: no copy of the whole sequence's chunks exists."""
-    piece, first = split[g], g * group
-    parts, j = [], 0
-    while j < piece.shape[0]:
-        i = first + j
-        if i % per_head == 0:
-            parts.append(wraps[i // per_head][None])
-            j += 1
-            continue
-        stop = min(piece.shape[0], j + per_head - i % per_head)  # up to the next head's first chunk
-        parts.append(piece[j - 1 : stop - 1] if j else torch.cat([split[g - 1][-1:], piece[: stop - 1]]))
-        j = stop
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _availability(problem: Problem) -> str | None:
