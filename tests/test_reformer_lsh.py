@@ -5,14 +5,14 @@ import pytest
 import torch
 
 import attention_zoo as z
-from attention_zoo.impls import lsh_chunks
+from attention_zoo.impls import lsh_kernel
 from attention_zoo.reference import TOLERANCES, normalised_max_error
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_many_groups_forward_and_gradients_match_float64(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     # 2 rounds x 100 positions = 200 places a head: 25 chunks of 8; groups of 7 chunks cross the heads' edges
-    monkeypatch.setattr(lsh_chunks, "GROUP_PLACES", 7 * 8)
+    monkeypatch.setattr(lsh_kernel, "GROUP_PLACES", 7 * 8)
     problem = z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=100, head_dim=16, causal=causal,
                         kv_valid_lens=(100, 61))  # fmt: skip
     attention = z.get("reformer_lsh").build(problem, bucket_size=8, n_hashes=2)
@@ -30,34 +30,26 @@ def test_many_groups_forward_and_gradients_match_float64(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
-def test_chunk_and_round_functions_pass_gradcheck(causal: bool, padded: bool) -> None:
-    # the two written-out backwards against finite differences in float64: 3 heads of 6 chunks of 4 places
-    # (both rounds of 10 positions, shuffled, then 4 padding places), groups of 2 chunks (so groups start
-    # inside heads), rounds combined 3 positions at a time; and each place's normalised output alone (its
-    # unnormalised parts hold the row max, a constant to the backward), whose padding places' rows see
-    # masked keys only (their scores are constants: zero gradient)
+def test_lsh_kernel_passes_gradcheck(causal: bool, padded: bool) -> None:
+    # the written-out backward against finite differences in float64: 3 heads of 6 chunks of 4 places (both
+    # rounds of 10 positions, shuffled, then 4 padding places, whose rows see masked keys only), groups of 2
+    # chunks (so groups start inside heads), rounds combined 3 rows at a time; padded: positions 0 and 1 are
+    # the only real keys
     torch.manual_seed(0)
     heads, per_head, c, n, d, rounds = 3, 6, 4, 10, 6, 2
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_chunks, "GROUP_PLACES", 2 * c)
-        patch.setattr(lsh_chunks, "COMBINE_BYTES", 3 * rounds * d * 8)
+        patch.setattr(lsh_kernel, "GROUP_PLACES", 2 * c)
+        patch.setattr(lsh_kernel, "COMBINE_BYTES", 3 * rounds * d * 8)
         q, v, k = (torch.randn(heads * n, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
         order = torch.stack([torch.randperm(rounds * n) for _ in range(heads)])  # (heads, 20): slot at each place
         position = torch.nn.functional.pad(order % n, (0, per_head * c - rounds * n), value=-1)
         rows = (torch.arange(heads)[:, None] * n + position.clamp_min(0)).view(-1, c)
-        key_ok = (position >= 0) & (position < 7) if padded else position >= 0
-        position, key_ok = position.view(-1, c), key_ok.view(-1, c)
+        key_ok = (position >= 0) & (position < 2) if padded else position >= 0  # padded: few real keys
         undo = torch.empty_like(order).scatter_(1, order, torch.arange(rounds * n).expand_as(order))
         place_of = (torch.arange(heads)[:, None] * (per_head * c) + undo).view(heads, rounds, n).transpose(1, 2)
-        place_of = place_of.flatten(0, 1)
-
-        def chunks(q, v):
-            out, _, total = lsh_chunks.lsh_chunks(q, v, rows, rows, position, key_ok, per_head, causal)
-            return out / total[..., None]
-
-        def attention(q, v, k):
-            out, row_max, total = lsh_chunks.lsh_chunks(q, v, rows, rows, position, key_ok, per_head, causal)
-            return lsh_chunks.combine_rounds(out.view(-1, d), row_max.flatten(), total.flatten(), place_of, k)
-
-        assert torch.autograd.gradcheck(chunks, (q, v))
-        assert torch.autograd.gradcheck(attention, (q, v, k))
+        places = lsh_kernel.Places(
+            rows, rows, position.view(-1, c), key_ok.view(-1, c), per_head, place_of.flatten(0, 1)
+        )
+        if padded:  # some rows reached padded keys only: they output zeros
+            assert (lsh_kernel.lsh_attention(q, v, k, places, causal) == 0).all(-1).any()
+        assert torch.autograd.gradcheck(lambda q, v, k: lsh_kernel.lsh_attention(q, v, k, places, causal), (q, v, k))

@@ -31,7 +31,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from attention_zoo.impls.lsh_chunks import combine_rounds, lsh_chunks
+from attention_zoo.impls.lsh_kernel import Places, lsh_attention
 from attention_zoo.interface import Attention
 from attention_zoo.problem import Problem
 from attention_zoo.reference import dense_attention
@@ -146,14 +146,11 @@ class LSHAttention(Attention):
             if self.key_valid is not None:
                 key_ok &= self.key_valid[:, None, :].expand(-1, heads, -1).gather(2, position.clamp_min(0))
             key_ok = key_ok.view(-1, c)
-        out, row_max, total = lsh_chunks(
-            q.reshape(-1, head_dim), v.reshape(-1, head_dim), q_rows, v_rows, position.view(-1, c), key_ok, chunks,
-            self.problem.causal,
-        )  # fmt: skip
         # each position's sorted place in every round: (B*H*N, n_hashes)
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
         place_of = (head * (chunks * c) + undo).view(batch * heads, self.n_hashes, n).transpose(1, 2).flatten(0, 1)
-        result = combine_rounds(out.view(-1, head_dim), row_max.flatten(), total.flatten(), place_of, k)
+        where = Places(q_rows, v_rows, position.view(-1, c), key_ok, chunks, place_of)
+        result = lsh_attention(q.reshape(-1, head_dim), v.reshape(-1, head_dim), k, where, self.problem.causal)
         return result.view(batch, heads, n, head_dim).to(out_dtype)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
