@@ -20,7 +20,8 @@ def test_many_chunks_forward_and_gradients_match_float64(monkeypatch: pytest.Mon
     with torch.no_grad():
         without_grad = attention(q, k, v)
     out = attention(q, k, v)
-    assert torch.equal(out, without_grad)
+    # the middle blocks' passes agree exactly; the global rows take SDPA without a graph, key chunks with one
+    assert normalised_max_error(out, without_grad) < 1e-6
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     reference = attention.dense_reference(q64, k64, v64)
     assert normalised_max_error(out, reference) < TOLERANCES["float32"]

@@ -15,8 +15,10 @@ attended; block 0 is global and holds key 0, which is always real, so no query i
 Computed blockwise, the N x N score matrix never exists: each middle query block gathers its keys and
 values (its slab of w blocks, the global keys, its r random blocks: rows of K fixed at build time, one
 index_select per chunk of blocks) and scores them in one GEMM, softmaxed together; the global query blocks
-are full rows. Both passes take the middle blocks a cache-sized chunk at a time; the backward gathers the
-keys and values again instead of keeping them, and without a backward the probabilities are not kept.
+are full rows, a few queries over every key (`landmark_softmax.landmarks_over_keys`: SDPA without a graph,
+the online softmax over key chunks with one, so no (rows x N) scores are kept). Both passes take the middle
+blocks a cache-sized chunk at a time; the backward gathers the keys and values again instead of keeping
+them, and without a backward the probabilities are not kept.
 GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half
 precision computes scores and softmax in float32 and returns the input dtype. Not causal (random and
 global blocks look ahead) and self-attention only (the pattern pairs query block i with key block i).
@@ -30,6 +32,7 @@ from typing import Annotated, Any
 
 import torch
 
+from attention_zoo.impls.landmark_softmax import landmarks_over_keys
 from attention_zoo.interface import Attention
 from attention_zoo.masks import additive_bias
 from attention_zoo.padding import pad_rows
@@ -192,7 +195,7 @@ class BigBirdAttention(Attention):
         self.back_start = min(n, (nb - layout.back) * bs)
         valid = problem.key_padding_mask()
         valid = torch.ones(1, n, dtype=torch.bool, device=device) if valid is None else valid  # (B', N)
-        self.register_buffer("row_bias", additive_bias(valid, self.compute_dtype)[:, None, None, :])  # (B', 1, 1, N)
+        self.register_buffer("key_mask", None if problem.kv_valid_lens is None else valid[:, None, None, :])
         self.global_keys = [*range(self.front_end), *range(self.back_start, n)]
         middle = torch.tensor(list(layout.middle), dtype=torch.long, device=device)
         if len(middle):
@@ -230,30 +233,34 @@ class BigBirdAttention(Attention):
         out_dtype = q.dtype
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         q = q * self.scale
-        pieces = [self._global_rows(q[:, :, : self.front_end], k, v)]
+        # one split (its backward is one concatenation; a slice's would zero-fill a q-sized tensor per piece)
+        front_end = min(self.front_end, q.shape[2])
+        sizes = [front_end, max(0, self.back_start - front_end), q.shape[2] - max(front_end, self.back_start)]
+        q_front, q_middle, q_back = q.split(sizes, dim=2)
+        pieces = [self._global_rows(q_front, k, v)]
         if len(self.layout.middle):
-            pieces.append(self._middle_rows(q, k, v))
-        pieces.append(self._global_rows(q[:, :, self.back_start :], k, v))
+            pieces.append(self._middle_rows(q_middle, k, v))
+        pieces.append(self._global_rows(q_back, k, v))
         return torch.cat(pieces, dim=2).to(out_dtype)
 
     def _global_rows(self, q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Global query rows (B, Hq, r, D) against every key: full rows, O(g*b*N)."""
+        """Global query rows (B, Hq, r, D) against every key: full rows, O(g*b*N), the keys a chunk at a time
+        (`landmark_softmax`: a few queries over every key, no (r x N) scores kept)."""
         batch, kv_heads, _, head_dim = k.shape
         heads, rows = q_rows.shape[1], q_rows.shape[2]
-        scores = q_rows.reshape(batch, kv_heads, heads // kv_heads * rows, head_dim) @ k.transpose(-1, -2)
-        scores = scores.add_(self.row_bias)
-        return (torch.softmax(scores, dim=-1) @ v).view(batch, heads, rows, head_dim)
+        stacked = q_rows.reshape(batch, kv_heads, heads // kv_heads * rows, head_dim)  # a group's heads on the rows
+        return landmarks_over_keys(stacked, k, v, self.key_mask, 1.0).view(batch, heads, rows, head_dim)
 
-    def _middle_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The middle query blocks' rows (B, Hq, rows up to back_start, D): each block against its gathered keys."""
+    def _middle_rows(self, q_middle: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The middle query blocks' rows (B, Hq, back_start - front_end, D): each block against its gathered keys."""
         layout = self.layout
-        batch, heads, n, head_dim = q.shape
-        bs, nm, first = layout.block_size, len(layout.middle), layout.middle.start
-        # queries: (B, Hq, N, D) -> (B, Hq, nm, bs, D)
-        q_mid = pad_rows(q, layout.blocks * bs - n)[:, :, first * bs : (first + nm) * bs]
-        q_mid = q_mid.reshape(batch, heads, nm, bs, head_dim)
+        batch, heads, rows, head_dim = q_middle.shape
+        bs, nm = layout.block_size, len(layout.middle)
+        pad = nm * bs - rows  # the last block, when it is a middle one, may be short
+        q_mid = pad_rows(q_middle, pad).reshape(batch, heads, nm, bs, head_dim)
         out = GatheredBlockAttention.apply(q_mid, k, v, self.middle_rows, self.middle_bias)  # (B, Hq, nm, bs, D)
-        return out.view(batch, heads, nm * bs, head_dim)[:, :, : self.back_start - first * bs]
+        out = out.view(batch, heads, nm * bs, head_dim)
+        return out[:, :, :rows] if pad else out  # no slice when none is padded (its backward zero-fills)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax over exactly the keys of the block mask (global, window, this build's random blocks), float64."""

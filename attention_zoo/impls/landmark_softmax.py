@@ -6,6 +6,7 @@ Nystromformer's kernels 1 and 3 are softmax attentions in which one side has m <
 - `landmarks_over_keys`: m queries over N keys, softmax(Q~ K^T s) V, CHUNK_BYTES of keys at a time with
   the online softmax (a running maximum and sum per query, the (m x d) accumulator rescaled); the
   backward recomputes each key chunk's probabilities the same way.
+BigBird's global query rows (a few blocks of queries over every key) are the second kind too.
 Only the inputs, a small output and one log-sum-exp per row are saved, so no (N x m) tensor exists,
 forward or backward: autograd through the formed scores keeps the scores, the probabilities and their
 gradients, four tensors the size of q at m = d (SDPA's CPU backward held more still). Exponents are base 2
@@ -34,7 +35,7 @@ CHUNK_BYTES = 2 << 20
 
 def _chunk(x: torch.Tensor, short: int) -> int:
     """Positions of the long side of x (X, N, d) per chunk: CHUNK_BYTES of (X, position, short) scores."""
-    return max(1, CHUNK_BYTES // (x.shape[0] * short * x.element_size()))
+    return max(1, CHUNK_BYTES // (max(1, x.shape[0] * short) * x.element_size()))
 
 
 class _QueriesOverLandmarks(torch.autograd.Function):
