@@ -125,6 +125,14 @@ def test_a_run_without_the_memory_pass_leaves_the_peaks_to_the_others(tmp_path):
     assert pooled["peak_bytes"].tolist() == first["peak_bytes"].astype(float).tolist()
 
 
+def test_nothing_comparable_is_said_not_crashed_on(tmp_path, capsys):
+    # every measured cell is new: the comparison's table is empty (its regressed column then holds no booleans)
+    status, out = _check(tmp_path, {"new_entry": HEALTHY["lin_a"]}, capsys)
+    assert status == 0, out
+    assert "compared 0 figures of 0 entries" in out and "new_entry: not in the baseline" in out
+    assert "no regression" in out
+
+
 def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
     fresh = {"lin_a": HEALTHY["lin_a"], "quad": HEALTHY["quad"], "new_entry": HEALTHY["lin_a"]}
     status, out = _check(tmp_path, fresh, capsys)

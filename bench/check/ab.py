@@ -23,6 +23,7 @@ from bench.check.compare import (
     compare,
     confirm,
     flagged_pairs,
+    flagged_rows,
 )
 from bench.check.printout import commit_label, reference_lines, verdict
 from bench.check.runs import (
@@ -117,8 +118,8 @@ def same_host_check(args: argparse.Namespace, out_dir: Path, tolerances: Toleran
             return 1
         table, n_cells, missing = compare(base, tree, tolerances, AB_SIDES)
         history = _history(args, tree, tree_env, commit, tolerances)
-        flagged = table[table["regressed"]]
-        history_flagged = history.table[history.table["regressed"].astype(bool)] if history else None
+        flagged = flagged_rows(table)
+        history_flagged = flagged_rows(history.table) if history else None
         table = _confirm(ab, args.confirm, base, tree, table, history, tolerances)
     lines = [
         *_header(ab, ref, commit, base_env, tree_env),

@@ -18,7 +18,7 @@ from pathlib import Path
 import cpuinfo
 
 from bench.check.checkout import REPO
-from bench.check.compare import Sides, Tolerances, compare, confirm, flagged_pairs
+from bench.check.compare import Sides, Tolerances, compare, confirm, flagged_pairs, flagged_rows
 from bench.check.printout import machine_label, reference_lines, verdict
 from bench.check.runs import (
     CheckError,
@@ -137,7 +137,7 @@ def baseline_check(args: argparse.Namespace, new_run_dir: Path, tolerances: Tole
         )
     sides = Sides(select=args.select or fresh_env.get("select") or None)
     table, n_cells, missing = compare(baseline, fresh, tolerances, sides)
-    flagged = table[table["regressed"]]
+    flagged = flagged_rows(table)
     attempt = 0
     while not table.empty:  # the live run's re-runs as it makes them; a saved run's as they were saved
         attempt += 1

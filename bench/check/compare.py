@@ -245,7 +245,13 @@ def largest_changes(table: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def flagged_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The figures a table flags, its columns kept (an empty table's "regressed" column is not boolean, and
+    indexing by it would select columns instead of rows)."""
+    return table[table["regressed"].astype(bool)]
+
+
 def flagged_pairs(*tables: pd.DataFrame) -> set[tuple[str, str]]:
     """The (entry, mode) pairs any of the tables flags."""
-    flagged = pd.concat([table.loc[table["regressed"].astype(bool), ["impl", "mode"]] for table in tables])
+    flagged = pd.concat([flagged_rows(table)[["impl", "mode"]] for table in tables])
     return set(flagged.itertuples(index=False, name=None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.check.compare import CHECK_COLUMNS, format_table, largest_changes
+from bench.check.compare import CHECK_COLUMNS, flagged_rows, format_table, largest_changes
 
 BUSY_WARNING = 1.05  # a run whose reference took this much longer than the baseline's was timed on a busier machine
 
@@ -65,7 +65,7 @@ def verdict(
         ]
     if not flagged.empty and not confirmed:
         lines.append("(a saved run is compared as it is: flagged figures are not re-measured)")
-    regressed = table[table["regressed"].astype(bool)]
+    regressed = flagged_rows(table)
     if regressed.empty:
         lines.append("no regression among the cells that ran" if suite_status else f"no regression {against}".strip())
     else:
