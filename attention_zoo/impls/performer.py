@@ -41,9 +41,9 @@ from typing import Annotated
 
 import torch
 
-from attention_zoo.base2 import LOG2_E
+from attention_zoo.base2 import LN_2, LOG2_E
 from attention_zoo.decode import RecurrentState, grouped_queries, new_token_mask
-from attention_zoo.interface import Attention
+from attention_zoo.interface import Attention, builds_graph
 from attention_zoo.problem import Problem
 from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
@@ -110,17 +110,15 @@ class PerformerAttention(Attention):
             exponent = exponent.add_(self.key_bias[:, None, start : start + k.shape[2], None])
         return exponent
 
-    def _query_features(self, q: torch.Tensor, w: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
-        """Stabilised phi(q) (B, Hkv, G*c, m) of a query chunk q (B, Hq, c, d), the heads of a group stacked.
+    def _query_exponents(self, q: torch.Tensor, w: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
+        """Stabilised base-2 exponents of phi(q) (B, Hq, c, m) of a query chunk q (B, Hq, c, d).
 
-        The keys' constants c_i are added back and each row's max is subtracted; the row's own
-        -|x|^2/2 is a row constant, so it cancels against that max and is left out.
+        The keys' constants c_i (k_max, per kv head) are added back and each row's max is subtracted; the
+        row's own -|x|^2/2 is a row constant, so it cancels against that max and is left out.
         """
-        batch, kv_heads = k_max.shape[:2]
-        group = q.shape[1] // kv_heads
+        group = q.shape[1] // k_max.shape[1]
         exponent = (q @ w).add_(k_max if group == 1 else k_max.repeat_interleave(group, dim=1))  # (B, Hq, c, m)
-        exponent.sub_(exponent.detach().amax(-1, keepdim=True)).exp2_()  # in place before the view: see above
-        return exponent.reshape(batch, kv_heads, -1, w.shape[-1])
+        return exponent.sub_(exponent.detach().amax(-1, keepdim=True))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.redraw:
@@ -143,20 +141,23 @@ class PerformerAttention(Attention):
         """
         batch, kv_heads = k.shape[:2]
         state, k_max = None, None  # (B, Hkv, m, d+1): [S, z]; (B, Hkv, 1, m), the max of b_i over the keys so far
+        graph = builds_graph(q, k, v)
         start = 0
         for k_chunk, v_chunk in zip(k.split(self.chunk, 2), v.split(self.chunk, 2), strict=True):
             exponent = self._key_exponents(k_chunk, start, w)
             start += k_chunk.shape[2]
             chunk_max = exponent.detach().amax(-2, keepdim=True)
             new_max = chunk_max if k_max is None else torch.maximum(k_max, chunk_max)
-            phi_k = exponent.sub_(new_max).exp2_().transpose(-1, -2)  # (B, Hkv, m, c)
-            # d-wide product and a row sum, not one product with [V, 1]: no (N, d+1) copy of V, and a
-            # d-wide GEMM runs at the full rate where a d+1-wide one does not
-            summary = torch.cat([phi_k @ v_chunk, phi_k.sum(-1, keepdim=True)], dim=-1)
+            exponent = exponent.sub_(new_max)
+            summary = _KeySummary.apply(exponent, v_chunk)[0] if graph else _key_summary(exponent.exp2_(), v_chunk)
             state = summary if k_max is None else state.mul_((k_max - new_max).exp2_().transpose(-1, -2)).add_(summary)
             k_max = new_max
         group = q.shape[1] // kv_heads
-        chunks = [_normalised(self._query_features(q_chunk, w, k_max) @ state) for q_chunk in q.split(self.chunk, 2)]
+        exponents = (self._query_exponents(q_chunk, w, k_max) for q_chunk in q.split(self.chunk, 2))
+        if graph:
+            chunks = [_QueryReadout.apply(exponent, state)[0] for exponent in exponents]
+        else:  # no graph to build: the same steps without an autograd node
+            chunks = [_readout(exponent.exp2_(), state)[0] for exponent in exponents]
         return torch.cat([c.view(batch, kv_heads, group, -1, c.shape[-1]) for c in chunks], dim=3)
 
     def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -183,7 +184,8 @@ class PerformerAttention(Attention):
             phi_k = exponent.sub_(new_max).exp2_()
             if q_chunk is not None:
                 c = q_chunk.shape[2]
-                phi_q = self._query_features(q_chunk, w, new_max).view(batch, kv_heads, group, c, -1)
+                phi_q = self._query_exponents(q_chunk, w, new_max).exp2_()  # in place before the view (see above)
+                phi_q = phi_q.view(batch, kv_heads, group, c, -1)
                 within = (phi_q @ phi_k.transpose(-1, -2).unsqueeze(2)) * self.chunk_causal[:c, :c]  # (B, Hkv, G, c, c)
                 chunks.append(_normalised(phi_q @ state.unsqueeze(2) + within @ v_chunk.unsqueeze(2)))
             state = state + phi_k.transpose(-1, -2) @ v_chunk
@@ -233,6 +235,80 @@ class PerformerAttention(Attention):
         log_kernel = torch.logsumexp(log_phi(q)[..., :, None, :] + log_phi_k[..., None, :, :], dim=-1)
         log_kernel = log_kernel.masked_fill(~self.problem.allowed_mask(), float("-inf"))  # (B, Hq, Nq, Nk)
         return torch.softmax(log_kernel, dim=-1) @ expand_kv_heads(v, q.shape[1])
+
+
+class _KeySummary(torch.autograd.Function):
+    """phi = exp2(exponent) of a key chunk (B, Hkv, c, m), written over the exponent, and its summary
+    [phi^T V, phi^T 1] (B, Hkv, m, e+1). Returns (summary, phi).
+
+    A d-wide product and a row sum, not one product with [V, 1]: no (N, d+1) copy of V, and a d-wide GEMM
+    runs at the full rate where a d+1-wide one does not. The backward is one GEMM and one pass:
+    d exponent = ln 2 * phi * (V dS^T + dz), where autograd's exp2 and sum took three passes and two
+    (c, m) tensors more.
+    """
+
+    @staticmethod
+    def forward(ctx, exponent, v):
+        phi = exponent.exp2_()
+        ctx.mark_dirty(exponent)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(phi, v)
+        return _key_summary(phi, v), phi
+
+    @staticmethod
+    def backward(ctx, grad_summary, _grad_phi):
+        if grad_summary is None:  # no gradient reached the summary (phi's own is never used)
+            return None, None
+        phi, v = ctx.saved_tensors
+        e = v.shape[-1]
+        grad_s, grad_z = grad_summary[..., :e], grad_summary[..., e:].transpose(-1, -2)  # (.., m, e), (.., 1, m)
+        grad_v = phi @ grad_s
+        flat = (v.flatten(0, 1), grad_s.transpose(-1, -2).flatten(0, 1))
+        grad_exponent = torch.baddbmm(grad_z.flatten(0, 1), *flat, beta=LN_2, alpha=LN_2).view_as(phi).mul_(phi)
+        return grad_exponent, grad_v
+
+
+class _QueryReadout(torch.autograd.Function):
+    """phi = exp2(exponent) of a query chunk (B, Hq, c, m), written over the exponent, read against the state
+    [S, z] (B, Hkv, m, e+1), a group's heads stacked: out = phi S / phi z (B, Hkv, G*c, e). Returns (out, phi).
+
+    Backward, with gn = g / den, gd = -(g . out) / den and g' = [gn, gd]: d state = phi^T g',
+    d exponent = ln 2 * phi * (g' state^T): one GEMM each and one pass, where autograd's exp2, slice and
+    division took several passes over (c, m) and (c, d+1) tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, exponent, state):
+        phi = exponent.exp2_()
+        ctx.mark_dirty(exponent)
+        ctx.set_materialize_grads(False)
+        out, den = _readout(phi, state)
+        ctx.save_for_backward(phi, state, out, den)
+        return out, phi
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_phi):
+        if grad_out is None:  # no gradient reached this chunk's output (phi's own is never used)
+            return None, None
+        phi, state, out, den = ctx.saved_tensors
+        stacked = phi.view(*state.shape[:2], -1, phi.shape[-1])
+        grad_ext = torch.cat([grad_out, (grad_out * out).sum(-1, keepdim=True).neg_()], dim=-1).div_(den)
+        grad_state = stacked.transpose(-1, -2) @ grad_ext
+        grad_exponent = (grad_ext.mul_(LN_2) @ state.transpose(-1, -2)).mul_(stacked)
+        return grad_exponent.view_as(phi), grad_state
+
+
+def _key_summary(phi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[phi^T V, phi^T 1] (B, Hkv, m, e+1) of key features phi (B, Hkv, c, m) and values (B, Hkv, c, e)."""
+    return torch.cat([phi.transpose(-1, -2) @ v, phi.sum(-2)[..., None]], dim=-1)
+
+
+def _readout(phi: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query features phi (B, Hq, c, m) against [S, z] (B, Hkv, m, e+1), a group's heads stacked: phi S / phi z
+    (B, Hkv, G*c, e), and the denominator phi z (B, Hkv, G*c, 1)."""
+    numerator_denominator = phi.view(*state.shape[:2], -1, phi.shape[-1]) @ state
+    den = numerator_denominator[..., -1:]
+    return numerator_denominator[..., :-1] / den, den
 
 
 def _normalised(numerator_denominator: torch.Tensor) -> torch.Tensor:
