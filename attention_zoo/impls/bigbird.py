@@ -191,7 +191,7 @@ class BigBirdAttention(Attention):
             "random_table", layout.draw_random(problem.q_heads, random_blocks, torch.Generator().manual_seed(seed))
         )
         device, bs, nb, n = problem.device, block_size, layout.blocks, problem.q_len
-        self.front_end = layout.front * bs  # global query/key rows: [0, front_end) and [back_start, N)
+        self.front_end = min(n, layout.front * bs)  # global query/key rows: [0, front_end) and [back_start, N)
         self.back_start = min(n, (nb - layout.back) * bs)
         valid = problem.key_padding_mask()
         valid = torch.ones(1, n, dtype=torch.bool, device=device) if valid is None else valid  # (B', N)
@@ -234,8 +234,7 @@ class BigBirdAttention(Attention):
         q, k, v = (x.to(self.compute_dtype) for x in (q, k, v))
         q = q * self.scale
         # one split (its backward is one concatenation; a slice's would zero-fill a q-sized tensor per piece)
-        front_end = min(self.front_end, q.shape[2])
-        sizes = [front_end, max(0, self.back_start - front_end), q.shape[2] - max(front_end, self.back_start)]
+        sizes = [self.front_end, self.back_start - self.front_end, q.shape[2] - self.back_start]
         q_front, q_middle, q_back = q.split(sizes, dim=2)
         pieces = [self._global_rows(q_front, k, v)]
         if len(self.layout.middle):

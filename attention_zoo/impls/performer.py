@@ -307,8 +307,7 @@ def _readout(phi: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torc
     """Query features phi (B, Hq, c, m) against [S, z] (B, Hkv, m, e+1), a group's heads stacked: phi S / phi z
     (B, Hkv, G*c, e), and the denominator phi z (B, Hkv, G*c, 1)."""
     numerator_denominator = phi.view(*state.shape[:2], -1, phi.shape[-1]) @ state
-    den = numerator_denominator[..., -1:]
-    return numerator_denominator[..., :-1] / den, den
+    return _normalised(numerator_denominator), numerator_denominator[..., -1:]
 
 
 def _normalised(numerator_denominator: torch.Tensor) -> torch.Tensor:

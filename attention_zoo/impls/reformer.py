@@ -21,6 +21,8 @@ convention: the keys have unit length). Then:
 - Each round's softmax is combined over rounds by its log-sum-exp: one softmax over everything the
   query reached. Scores, row maxima and weights are in base 2 (attention_zoo/base2.py: exp2 does not
   slow down on the masked scores, where exp does). Needs q_len == kv_len. Half precision computes in float32.
+- The chunks and the rounds' combination run in `attention_zoo/impls/lsh_kernel.py`, one autograd Function
+  with its backward written out; this module hashes, sorts and lays out where each sorted place reads from.
 """
 
 from __future__ import annotations
