@@ -1,8 +1,9 @@
 """Test-only regressions for `python -m bench.check`, injected by importing this module (`--zoo-import`).
 
 It rebuilds three registered entries in place, as a bad change to their code would:
-- linformer gets 20% slower: each call spins for a fifth of its own CPU time after computing (the suite
-  times thread CPU time, bench/check/suite.py);
+- linformer gets 40% slower: each call spins for 0.4 of its own CPU time after computing (the suite
+  times thread CPU time, bench/check/suite.py). Four times the 10% time tolerance: between processes an
+  unchanged entry's time / ref moved by up to 11%, and a 20% injection read +2-4% at two of its N once;
 - full uses twice the memory: a buffer as large as its scores and probabilities is held during each call;
 - sliding_window turns quadratic: it computes its band through a dense N x N masked attention
   (its own float64 dense form), the naive implementation; the output is unchanged.
@@ -16,7 +17,7 @@ import torch
 
 from attention_zoo import Attention, Problem, registry
 
-SLOWDOWN = 0.20
+SLOWDOWN = 0.40
 
 
 class Injected(Attention):
