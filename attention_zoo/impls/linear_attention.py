@@ -5,10 +5,14 @@
 costs O(N*d^2) instead of O(N^2*d): the sums over keys are one d x (d+1) state, shared by every query.
 No 1/sqrt(d) scale (the paper has none; any constant would cancel in the normalisation). Conventions:
 - Causal (bottom-right): query i sums keys j <= i + (Nk - Nq). Chunked prefix sums over `causal_chunk`
-  positions: every chunk's state phi(K_c)^T [V_c, 1] at once, an exclusive cumulative sum over chunks
-  (the keys before the first query's position are every chunk's initial state), and inside a chunk the
-  masked c x c quadratic form. No Python loop over chunks; per-position d x d states never exist. The
-  backward is written out (_CausalChunks): the same chunk products in reverse, nothing but them saved.
+  positions: each chunk's state phi(K_c)^T [V_c, 1], an exclusive cumulative sum over chunks (the keys
+  before the first query's position are every chunk's initial state), and inside a chunk the masked
+  c x c quadratic form; per-position d x d states never exist. Blocks of CAUSAL_BLOCK_BYTES of query rows
+  at a time, the sums carried from block to block, so no temporary is as large as q: a tensor of 32 MiB
+  or more is mapped afresh by glibc at every call and page-faulted (8 heads of 64 at N = 16k are 32
+  MiB), which made the whole-sequence chunk tensors of an earlier version 1.9x slower at 16k than on
+  a resident heap. The backward is written out (_CausalBlocks): the same blocks in reverse, the sums
+  over later chunks carried back.
 - Non-causal: the state is summed and the queries are applied ROW_CHUNK_BYTES of rows at a time, and the
   backward (_NonCausalRows) recomputes phi the same way, so the output and the three gradients are
   the only q-sized tensors (autograd's would be the features, the numerator and its gradients too).
@@ -22,7 +26,7 @@ No 1/sqrt(d) scale (the paper has none; any constant would cancel in the normali
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +43,12 @@ from attention_zoo.rules import AtLeast
 # 16k (B 1, H 8, D 64, fp32, one thread, AMD EPYC): 256 KiB 4.6 / 18.3 / 86.0 ms, 1 MiB 5.4 / 16.9 / 80.5,
 # 4 MiB 4.2 / 16.7 / 83.3, 16 MiB 7.6 / 31.6 / 105; 4.0 / 19.5 / 132 with whole q-sized temporaries
 ROW_CHUNK_BYTES = 4 << 20
+# the causal passes take a block of chunks at a time, this many bytes of their query rows (all heads).
+# Measured fwd / fwd_bwd ms at N = 1k / 4k / 16k (B 1, H 8, D 64, c 64, fp32, one thread, AMD EPYC; one
+# process, settings interleaved): 128 KiB 9.2 / 27.2, 31.0 / 94.4, 136 / 393; 256 KiB 7.9 / 24.5, 26.4 / 85.2,
+# 138 / 360; 512 KiB 9.1 / 26.1, 25.3 / 92.7, 135 / 343; 1 MiB 9.6 / 33.8, 26.0 / 85.8, 131 / 374; 4 MiB
+# 11.9 / 35.7, 48.5 / 136, 158 / 430 (within this host's noise from 256 KiB to 1 MiB)
+CAUSAL_BLOCK_BYTES = 512 << 10
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -54,66 +64,157 @@ def linear_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: tor
     return (kernel @ expand_kv_heads(v, q.shape[1])) / kernel.sum(-1, keepdim=True)
 
 
-def prefix_sums_(x: torch.Tensor) -> torch.Tensor:
-    """x's inclusive prefix sums over dim 1 (the chunks), in place.
+def _exclusive_sums_(sums: torch.Tensor, steps: torch.Tensor, carry: torch.Tensor, reverse: bool = False):
+    """sums[:, j] = carry + the steps[:, j'] before j (after j when reverse), in place; returns the carry past them.
 
-    On the CPU one add per chunk over the rest: torch's cumsum over a dimension that is not the innermost
-    runs a strided scalar loop, 5x slower here at 64 chunks of 64 x 64 states (9.8 ms against 1.8 ms).
+    One add per chunk: torch's cumsum over a dimension that is not the innermost runs a strided scalar
+    loop on the CPU, 5x slower here at 64 chunks of 64 x 64 states (9.8 ms against 1.8 ms).
     """
-    if x.device.type != "cpu":
-        return x.cumsum_(1)
-    for i in range(1, x.shape[1]):
-        x[:, i].add_(x[:, i - 1])
-    return x
+    for j in reversed(range(steps.shape[1])) if reverse else range(steps.shape[1]):
+        sums[:, j] = carry
+        carry = sums[:, j] + steps[:, j]
+    return carry
 
 
-class _CausalChunks(torch.autograd.Function):
-    """Causal linear attention over chunks, forward and a hand-written backward (the same chunked sums in reverse).
+def _chunk_block(x: torch.Tensor, start: int, rows: int, blocks: int, c: int, features: bool, keep=None):
+    """Rows [start, start + rows) of x (X, G, N, d) as (X, blocks, G*c, d), the G heads of a chunk stacked on
+    its rows: phi(x) when `features` (times `keep` (X, 1, N, 1), 0 for padded keys), then zero rows up to
+    blocks * c (the last chunk's padding; phi(0) would be 1)."""
+    part = x[:, :, start : start + rows]
+    if features:
+        part = elu_feature_map(part)
+        if keep is not None:
+            part = part.mul_(keep[:, :, start : start + rows])
+    part = pad_rows(part, blocks * c - rows)
+    batch, group = part.shape[:2]
+    # contiguous: a view's batch strides span the whole sequence, and matmul would copy it at every product
+    return part.view(batch, group, blocks, c, -1).transpose(1, 2).reshape(batch, blocks, group * c, -1).contiguous()
 
-    Per chunk (batch dims flattened to one): qc (G*c, d) query features, the G heads of a group stacked on
-    the rows; kc (c, d) key features; vc (c, e) values; s0 (d, e) and z0 (d,) the sums of the keys before
-    the first chunk; mask (G*c, c) the causal mask of one chunk. Returns out (G*c, e):
 
-        S_before = s0 + sum of kc^T vc over earlier chunks,  z_before likewise of kc^T 1
+def _write_block(into: torch.Tensor, start: int, rows: int, block: torch.Tensor) -> None:
+    """_chunk_block's inverse: block (X, blocks, G*c, d)'s real rows into rows [start, start + rows) of into
+    (X, G, N, d)."""
+    batch, group = into.shape[:2]
+    blocks, c = block.shape[1], block.shape[2] // group
+    rows_of = block.view(batch, blocks, group, c, -1).transpose(1, 2).flatten(2, 3)
+    into[:, :, start : start + rows] = rows_of[:, :, :rows]
+
+
+class _Blocks(NamedTuple):
+    """How _CausalBlocks cuts the sequence: chunks of c query positions, `per_block` chunks a block; query i
+    sits at key offset + i, and the keys before `offset` are seen by every query."""
+
+    c: int
+    per_block: int
+    offset: int
+
+    def spans(self, q_len: int) -> list[tuple[int, int, int]]:
+        """(first query row, rows, chunks) of each block."""
+        step = self.c * self.per_block
+        return [(r, min(step, q_len - r), -(-min(step, q_len - r) // self.c)) for r in range(0, q_len, step)]
+
+    def offset_spans(self) -> list[tuple[int, int]]:
+        """(first key row, rows) of the blocks of keys before the first query's position."""
+        step = self.c * self.per_block
+        return [(r, min(step, self.offset - r)) for r in range(0, self.offset, step)]
+
+
+def _offset_sums(k, v, keep, blocks: _Blocks):
+    """S0 = phi(K)^T V and z0 = phi(K)^T 1 over the keys before the first query's position (X, d, e), (X, d)."""
+    s0 = k.new_zeros(k.shape[0], k.shape[-1], v.shape[-1])
+    z0 = k.new_zeros(k.shape[0], k.shape[-1])
+    for start, rows in blocks.offset_spans():
+        phi_k = _chunk_block(k, start, rows, 1, rows, True, keep)[:, 0]  # (X, rows, d)
+        s0.baddbmm_(phi_k.transpose(-1, -2), v[:, 0, start : start + rows])
+        z0.add_(phi_k.sum(-2))
+    return s0, z0
+
+
+def _causal_forward(q, k, v, keep, mask, blocks: _Blocks, saving: bool):
+    """Causal linear attention a block of chunks at a time, the sums carried from block to block.
+
+    q (X, G, Nq, d) (the G query heads of a key/value head), k (X, 1, Nk, d), v (X, 1, Nk, e), keep
+    (X, 1, Nk, 1) or None, mask (G*c, c). Per chunk, with qc, kc, vc its features and values:
         A = (qc kc^T) * mask,   out = (qc S_before + A vc) / (qc z_before + A 1)
+    S_before (z_before) being the sums of kc^T vc (kc^T 1) over earlier chunks and the offset keys.
+    Returns out (X, G, Nq, e) and, when `saving`, what the backward reads of each block: S_before,
+    z_before, A and the denominators.
+    """
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    s_run, z_run = _offset_sums(k, v, keep, blocks)
+    saved = []
+    for start, rows, chunks in blocks.spans(q.shape[2]):
+        qc = _chunk_block(q, start, rows, chunks, blocks.c, True)
+        kc = _chunk_block(k, blocks.offset + start, rows, chunks, blocks.c, True, keep)
+        vc = _chunk_block(v, blocks.offset + start, rows, chunks, blocks.c, False)
+        s_before = torch.empty(*kc.shape[:2], kc.shape[-1], vc.shape[-1], dtype=q.dtype, device=q.device)
+        s_run = _exclusive_sums_(s_before, kc.transpose(-1, -2) @ vc, s_run)
+        z_before = torch.empty(*kc.shape[:2], kc.shape[-1], dtype=q.dtype, device=q.device)
+        z_run = _exclusive_sums_(z_before, kc.sum(-2), z_run)
+        scores = (qc @ kc.transpose(-1, -2)).mul_(mask)  # A (X, chunks, G*c, c)
+        num = (qc @ s_before).add_(scores @ vc)
+        den = (qc @ z_before[..., None]).add_(scores.sum(-1, keepdim=True))  # (X, chunks, G*c, 1)
+        # a padding row of the last chunk has den 0 and num 0: out 0 there, and no 0/0 reaches the gradients
+        den.clamp_min_(torch.finfo(den.dtype).tiny)
+        _write_block(out, start, rows, num.div_(den))
+        if saving:
+            saved += [s_before, z_before, scores, den]
+    return out, saved
 
-    Autograd through these steps would save and replay every elementwise pass; this backward needs only
-    the chunk GEMMs: with gn = g / den and gd = -(g . out) / den,
-        dA = (gn vc^T + gd) * mask,  dq = gn S_before^T + gd z_before^T + dA kc,
-        dk = dA^T qc + vc S_after^T + z_after,  dv = A^T gn + kc S_after,
-    S_after (z_after) being the sums of qc^T gn (qc^T gd) over later chunks, and ds0 (dz0) their total.
+
+class _CausalBlocks(torch.autograd.Function):
+    """_causal_forward with a hand-written backward: the same blocks in reverse, the sums over later chunks
+    carried back. Saved: the inputs, the output and each block's S_before, z_before, A and denominators;
+    no per-chunk tensor exists for the whole sequence (blocks of CAUSAL_BLOCK_BYTES of query rows).
+
+    Per chunk, with g the output's gradient, gn = g / den and gd = -(g . out) / den,
+        dA = (gn vc^T + gd) * mask,  dqc = gn S_before^T + gd z_before^T + dA kc,
+        dkc = dA^T qc + vc S_after^T + z_after,  dvc = A^T gn + kc S_after,
+    S_after (z_after) being the sums of qc^T gn (qc^T gd) over later chunks; the offset keys take their
+    total, and the features' gradients are times phi's slope.
     """
 
     @staticmethod
-    def forward(ctx, qc, kc, vc, s0, z0, mask):  # qc (X, nc, G*c, d); kc (X, nc, c, d); vc (X, nc, c, e)
-        states = kc.transpose(-1, -2) @ vc  # (X, nc, d, e)
-        norms = kc.sum(-2)  # (X, nc, d)
-        s_before = prefix_sums_(torch.cat([s0[:, None], states[:, :-1]], dim=1))  # exclusive prefix sums + s0
-        z_before = prefix_sums_(torch.cat([z0[:, None], norms[:, :-1]], dim=1))
-        scores = (qc @ kc.transpose(-1, -2)).mul_(mask)  # A (X, nc, G*c, c)
-        num = torch.matmul(qc, s_before).add_(scores @ vc)
-        den = (qc @ z_before[..., None]).add_(scores.sum(-1, keepdim=True))  # (X, nc, G*c, 1)
-        # a padding row of the last chunk has den 0 and num 0: out 0 there, and no 0/0 reaches the gradients
-        den.clamp_min_(torch.finfo(den.dtype).tiny)
-        out = num.div_(den)
-        ctx.save_for_backward(qc, kc, vc, s_before, z_before, scores, den, out, mask)
+    def forward(ctx, q, k, v, keep, mask, blocks: _Blocks):
+        out, saved = _causal_forward(q, k, v, keep, mask, blocks, saving=True)
+        ctx.save_for_backward(q, k, v, keep, mask, out, *saved)
+        ctx.blocks = blocks
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qc, kc, vc, s_before, z_before, scores, den, out, mask = ctx.saved_tensors
-        gn = grad / den
-        gd = (grad * out).sum(-1, keepdim=True).div_(den).neg_()  # (X, nc, G*c, 1)
-        d_scores = (gn @ vc.transpose(-1, -2)).add_(gd).mul_(mask)
-        dq = (gn @ s_before.transpose(-1, -2)).add_(d_scores @ kc).addcmul_(gd, z_before[..., None, :])
-        d_states = qc.transpose(-1, -2) @ gn  # (X, nc, d, e): what each chunk's S_before received
-        d_norms = (qc * gd).sum(-2)  # (X, nc, d)
-        s_total, z_total = d_states.sum(1), d_norms.sum(1)
-        s_after = prefix_sums_(d_states.clone()).neg_().add_(s_total[:, None])  # sums over later chunks
-        z_after = prefix_sums_(d_norms.clone()).neg_().add_(z_total[:, None])
-        dk = (d_scores.transpose(-1, -2) @ qc).add_(vc @ s_after.transpose(-1, -2)).add_(z_after[..., None, :])
-        dv = (scores.transpose(-1, -2) @ gn).add_(kc @ s_after)
-        return dq, dk, dv, s_total, z_total, None
+        q, k, v, keep, mask, out, *saved = ctx.saved_tensors
+        blocks, c = ctx.blocks, ctx.blocks.c
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        s_after = q.new_zeros(k.shape[0], k.shape[-1], v.shape[-1])
+        z_after = q.new_zeros(k.shape[0], k.shape[-1])
+        spans = blocks.spans(q.shape[2])
+        for i in reversed(range(len(spans))):
+            start, rows, chunks = spans[i]
+            s_before, z_before, scores, den = saved[4 * i : 4 * i + 4]
+            qc = _chunk_block(q, start, rows, chunks, c, True)
+            kc = _chunk_block(k, blocks.offset + start, rows, chunks, c, True, keep)
+            vc = _chunk_block(v, blocks.offset + start, rows, chunks, c, False)
+            gn = _chunk_block(grad, start, rows, chunks, c, False) / den
+            gd = (gn * _chunk_block(out, start, rows, chunks, c, False)).sum(-1, keepdim=True).neg_()
+            d_scores = (gn @ vc.transpose(-1, -2)).add_(gd).mul_(mask)
+            d_qc = (gn @ s_before.transpose(-1, -2)).add_(d_scores @ kc).addcmul_(gd, z_before[..., None, :])
+            later_s = torch.empty_like(s_before)
+            s_after = _exclusive_sums_(later_s, qc.transpose(-1, -2) @ gn, s_after, reverse=True)
+            later_z = torch.empty_like(z_before)
+            z_after = _exclusive_sums_(later_z, (qc * gd).sum(-2), z_after, reverse=True)
+            d_kc = (d_scores.transpose(-1, -2) @ qc).add_(vc @ later_s.transpose(-1, -2)).add_(later_z[..., None, :])
+            d_vc = (scores.transpose(-1, -2) @ gn).add_(kc @ later_s)
+            _write_block(dq, start, rows, d_qc.mul_(_feature_slope_(qc)))
+            _write_block(dk, blocks.offset + start, rows, d_kc.mul_(_feature_slope_(kc)))
+            _write_block(dv, blocks.offset + start, rows, d_vc)
+        # the keys before the first query are in every chunk's S_before: they take the totals
+        for start, rows in blocks.offset_spans():
+            phi_k = _chunk_block(k, start, rows, 1, rows, True, keep)
+            d_k = (v[:, :, start : start + rows] @ s_after.transpose(-1, -2)[:, None]).add_(z_after[:, None, None])
+            dv[:, :, start : start + rows] = phi_k @ s_after[:, None]
+            dk[:, :, start : start + rows] = d_k.mul_(_feature_slope_(phi_k))
+        return dq, dk, dv, None, None, None
 
 
 def _feature_slope_(phi: torch.Tensor) -> torch.Tensor:
@@ -220,37 +321,24 @@ class LinearAttention(Attention):
             else:  # no graph to build: the same rows, without an autograd node and its saved tensors
                 out = _non_causal_rows(queries, k, v, self.key_keep, rows)[0]
             return out.view(q.shape).to(out_dtype)
-        phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
-        if self.key_keep is not None:
-            phi_k = phi_k * self.key_keep
-        return self._causal(phi_q, phi_k, v).to(out_dtype)
+        return self._causal(q, k, v).to(out_dtype)
 
-    def _causal(self, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """phi_q (B, Hq, Nq, d); phi_k, v (B, Hkv, Nk, d) -> (B, Hq, Nq, d)."""
-        batch, kv_heads, kv_len, head_dim = phi_k.shape
-        heads, q_len, c = phi_q.shape[1], phi_q.shape[2], self.chunk
-        group, chunks = heads // kv_heads, -(-q_len // c)
-        offset, pad = kv_len - q_len, chunks * c - q_len
-        # keys before the first query's position are seen by every query: the initial sums. No slice when
-        # there are none: a slice's backward zero-fills a tensor as large as the whole input, even an empty one's
-        s0 = phi_k.new_zeros(batch, kv_heads, head_dim, v.shape[-1])  # (B, Hkv, d, e)
-        z0 = phi_k.new_zeros(batch, kv_heads, head_dim)  # (B, Hkv, d)
-        if offset:
-            s0 = phi_k[:, :, :offset].transpose(-1, -2) @ v[:, :, :offset]
-            z0 = phi_k[:, :, :offset].sum(-2)
-            phi_k, v = phi_k[:, :, offset:], v[:, :, offset:]
-        # key offset + i sits at query i: chunk both alike (zero padding adds nothing)
-        k_chunks = pad_rows(phi_k, pad).reshape(batch * kv_heads, chunks, c, head_dim)
-        v_chunks = pad_rows(v, pad).reshape(batch * kv_heads, chunks, c, head_dim)
-        # queries: (B, Hq, Nq, d) -> (B*Hkv, nc, G*c, d), a chunk's G heads stacked on its rows
-        q_chunks = pad_rows(phi_q, pad).reshape(batch, kv_heads, group, chunks, c, head_dim)
-        q_chunks = q_chunks.transpose(2, 3).reshape(batch * kv_heads, chunks, group * c, head_dim)
-        out = _CausalChunks.apply(
-            q_chunks, k_chunks, v_chunks, s0.flatten(0, 1), z0.flatten(0, 1), self.chunk_causal
-        )  # (B*Hkv, nc, G*c, d)
-        out = out.view(batch, kv_heads, chunks, group, c, head_dim).transpose(2, 3)
-        out = out.reshape(batch, heads, chunks * c, head_dim)
-        return out[:, :, :q_len] if pad else out
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Hq, Nq, d); k, v (B, Hkv, Nk, d) -> (B, Hq, Nq, d), through _CausalBlocks."""
+        batch, kv_heads, kv_len, head_dim = k.shape
+        heads, q_len = q.shape[1], q.shape[2]
+        rows = max(1, CAUSAL_BLOCK_BYTES // (batch * heads * head_dim * q.element_size()))
+        blocks = _Blocks(self.chunk, max(1, rows // self.chunk), kv_len - q_len)
+        queries = q.reshape(batch * kv_heads, heads // kv_heads, q_len, head_dim)
+        keys, values = (x.reshape(batch * kv_heads, 1, kv_len, -1) for x in (k, v))
+        keep = None
+        if self.key_keep is not None:
+            keep = self.key_keep.expand(batch, kv_heads, kv_len, 1).reshape(batch * kv_heads, 1, kv_len, 1)
+        if builds_graph(q, k, v):
+            out = _CausalBlocks.apply(queries, keys, values, keep, self.chunk_causal, blocks)
+        else:  # no graph to build: the same blocks, nothing kept for a backward
+            out = _causal_forward(queries, keys, values, keep, self.chunk_causal, blocks, saving=False)[0]
+        return out.view(q.shape)
 
     def dense_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return linear_dense(q, k, v, self.problem.allowed_mask())
