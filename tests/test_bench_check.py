@@ -142,6 +142,24 @@ def test_comparisons_it_cannot_make_are_listed(tmp_path, capsys):
     assert "new_entry: not in the baseline (refresh it to start tracking) (4 cells)" in out
 
 
+def test_a_hyperparameter_added_since_is_compared_and_a_changed_one_is_not(tmp_path, capsys):
+    def add_chunk_and_slow_down(bench):  # a new hyperparameter at its default, the entry 20% slower with it
+        bench["extra_info"]["hparams"] = {"window": 32, "chunk": 16}
+        if bench["extra_info"]["impl"] == "lin_b":
+            bench["stats"]["data"] = [t * 1.2 for t in bench["stats"]["data"]]
+
+    status, out = _check_edited(tmp_path, capsys, add_chunk_and_slow_down)
+    assert status == 1 and "compared 12 figures of 3 entries (12 cells)" in out, out
+    assert "hyperparameters differ" not in out and _regressions(out).startswith("lin_b:")
+
+    def widen_window(bench):
+        bench["extra_info"]["hparams"] = {"window": 64, "chunk": 16}
+
+    status, out = _check_edited(tmp_path / "changed", capsys, widen_window)
+    assert status == 0 and "compared 0 figures of 0 entries" in out, out
+    assert 'lin_a fwd N=256: hyperparameters differ ({"window": 32} -> {"chunk": 16, "window": 64})' in out
+
+
 def _fake_suite(monkeypatch, runs):
     """Replace the real suite run: each call writes the next of `runs` (entries; None: fail, writing nothing).
 

@@ -19,9 +19,9 @@ costs O(N*m*d) instead of O(N^2*d). Conventions:
   inputs neither overflow nor underflow to 0/0, where one constant per head leaves rows whose large
   features meet only tiny key features (logits of 1e4 in float32). The constant 1/sqrt(m) cancels
   likewise and is dropped from the fast path.
-- Chunks: features exist `chunk` positions at a time (all heads), so the (N, m) feature maps of the
-  whole sequence never do: keys' features go into S = sum phi(k) [v, 1]^T (m x (d+1)) chunk by chunk,
-  then each query chunk's features meet S, each chunk in cache.
+- Chunks: features exist `chunk` positions at a time (all heads; by default CHUNK_BYTES of them), so the
+  (N, m) feature maps of the whole sequence never do: keys' features go into S = sum phi(k) [v, 1]^T
+  (m x (d+1)) chunk by chunk, then each query chunk's features meet S, each chunk in cache.
 - Causal (bottom-right): prefix sums over key chunks of `causal_chunk` positions; the running
   S = sum phi(k) [v, 1]^T (m x (d+1)) is carried across chunks, and inside a chunk the masked c x c
   quadratic form is used. Forward memory is O(N*m + m*d); per-position m x d states never exist
@@ -49,8 +49,12 @@ from attention_zoo.reference import expand_kv_heads
 from attention_zoo.registry import register
 from attention_zoo.rules import AtLeast
 
-# sequence positions whose features exist at once on the non-causal path (all heads): the tile sweep's best
-DEFAULT_CHUNK = 256
+# bytes of the features that exist at once on the non-causal path (all heads) when `chunk` is None: the tile
+# sweep's best, chunk=256 at 8 heads of m=256 features (fp32). In bytes, so that fewer heads or features take
+# longer chunks of the same size in cache: at the regression suite's 4 heads of 32 features, 256 positions
+# a chunk made the forward 7-15% slower than one pass at N = 512-2048 (loop overhead), 4096 positions 2-10%
+# faster than it
+CHUNK_BYTES = 256 * 8 * 256 * 4
 
 
 def orthogonal_random_features(num_features: int, head_dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -68,12 +72,13 @@ class PerformerAttention(Attention):
     """FAVOR+ linear attention with positive orthogonal random features, in cache-sized chunks of the sequence."""
 
     def __init__(
-        self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int, chunk: int
+        self, problem: Problem, num_features: int, redraw: bool, seed: int, causal_chunk: int, chunk: int | None
     ) -> None:
         super().__init__(problem)
         self.num_features, self.redraw = num_features, redraw
-        self.causal_chunk, self.chunk = causal_chunk, chunk
         self.compute_dtype = problem.compute_dtype
+        features_bytes = problem.batch * problem.q_heads * num_features * self.compute_dtype.itemsize
+        self.causal_chunk, self.chunk = causal_chunk, chunk or max(1, CHUNK_BYTES // features_bytes)
         self.generator = torch.Generator().manual_seed(seed)
         # the features of the latest call (drawn here; redrawn per call when redraw is on)
         self.register_buffer("features", self._draw())
@@ -340,7 +345,7 @@ def performer(
     redraw: bool = False,
     seed: int = 0,
     causal_chunk: Annotated[int, AtLeast(1)] = 128,
-    chunk: Annotated[int, AtLeast(1)] = DEFAULT_CHUNK,
+    chunk: Annotated[int | None, AtLeast(1)] = None,  # positions per chunk; None: CHUNK_BYTES of features
 ) -> Attention:
     """Performer FAVOR+: positive orthogonal random features, softmax kernel estimated in O(N*m*d)."""
     return PerformerAttention(problem, num_features, redraw, seed, causal_chunk, chunk)
