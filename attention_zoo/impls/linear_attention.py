@@ -115,8 +115,16 @@ class _Blocks(NamedTuple):
 
     def offset_spans(self) -> list[tuple[int, int]]:
         """(first key row, rows) of the blocks of keys before the first query's position."""
-        step = self.c * self.per_block
-        return [(r, min(step, self.offset - r)) for r in range(0, self.offset, step)]
+        return [(start, rows) for start, rows, _ in self.spans(self.offset)]
+
+    def inputs(self, q, k, v, keep, start: int, rows: int, chunks: int):
+        """The block's query features, key features and values, each (X, chunks, rows of a chunk, d)."""
+        keys_at = self.offset + start
+        return (
+            _chunk_block(q, start, rows, chunks, self.c, True),
+            _chunk_block(k, keys_at, rows, chunks, self.c, True, keep),
+            _chunk_block(v, keys_at, rows, chunks, self.c, False),
+        )
 
 
 def _offset_sums(k, v, keep, blocks: _Blocks):
@@ -144,12 +152,10 @@ def _causal_forward(q, k, v, keep, mask, blocks: _Blocks, saving: bool):
     s_run, z_run = _offset_sums(k, v, keep, blocks)
     saved = []
     for start, rows, chunks in blocks.spans(q.shape[2]):
-        qc = _chunk_block(q, start, rows, chunks, blocks.c, True)
-        kc = _chunk_block(k, blocks.offset + start, rows, chunks, blocks.c, True, keep)
-        vc = _chunk_block(v, blocks.offset + start, rows, chunks, blocks.c, False)
-        s_before = torch.empty(*kc.shape[:2], kc.shape[-1], vc.shape[-1], dtype=q.dtype, device=q.device)
+        qc, kc, vc = blocks.inputs(q, k, v, keep, start, rows, chunks)
+        s_before = q.new_empty(*kc.shape[:2], kc.shape[-1], vc.shape[-1])
         s_run = _exclusive_sums_(s_before, kc.transpose(-1, -2) @ vc, s_run)
-        z_before = torch.empty(*kc.shape[:2], kc.shape[-1], dtype=q.dtype, device=q.device)
+        z_before = q.new_empty(*kc.shape[:2], kc.shape[-1])
         z_run = _exclusive_sums_(z_before, kc.sum(-2), z_run)
         scores = (qc @ kc.transpose(-1, -2)).mul_(mask)  # A (X, chunks, G*c, c)
         num = (qc @ s_before).add_(scores @ vc)
@@ -192,9 +198,7 @@ class _CausalBlocks(torch.autograd.Function):
         for i in reversed(range(len(spans))):
             start, rows, chunks = spans[i]
             s_before, z_before, scores, den = saved[4 * i : 4 * i + 4]
-            qc = _chunk_block(q, start, rows, chunks, c, True)
-            kc = _chunk_block(k, blocks.offset + start, rows, chunks, c, True, keep)
-            vc = _chunk_block(v, blocks.offset + start, rows, chunks, c, False)
+            qc, kc, vc = blocks.inputs(q, k, v, keep, start, rows, chunks)
             gn = _chunk_block(grad, start, rows, chunks, c, False) / den
             gd = (gn * _chunk_block(out, start, rows, chunks, c, False)).sum(-1, keepdim=True).neg_()
             d_scores = (gn @ vc.transpose(-1, -2)).add_(gd).mul_(mask)

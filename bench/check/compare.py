@@ -65,6 +65,8 @@ def _paired(base: pd.DataFrame, fresh: pd.DataFrame, sides: Sides) -> tuple[pd.D
     An entry on one side only is one line, as are the first side's cells left out by the second's -k.
     """
     merged = base.merge(fresh, on=KEY, how="outer", suffixes=("_base", "_fresh"), indicator="side")
+    pairs = zip(merged["side"], merged["hparams_base"], merged["hparams_fresh"], strict=True)
+    merged["comparable"] = [side == "both" and same_call(a, b) for side, a, b in pairs]
     missing, outside_select = [], 0
     for impl, cells in merged.groupby("impl", sort=True):
         one_side = cells["side"].unique()
@@ -83,14 +85,12 @@ def _paired(base: pd.DataFrame, fresh: pd.DataFrame, sides: Sides) -> tuple[pd.D
                 missing.append(f"{cell}: {sides.only_first}")
             elif row.side == "right_only":
                 missing.append(f"{cell}: {sides.only_second}")
-            elif not same_call(row.hparams_base, row.hparams_fresh):
+            elif not row.comparable:
                 missing.append(f"{cell}: hyperparameters differ ({row.hparams_base} -> {row.hparams_fresh})")
     if outside_select:
         missing.append(f"{outside_select} cells outside -k {sides.select!r}, not measured")
-    both = merged[merged["side"] == "both"]
-    same = [same_call(a, b) for a, b in zip(both["hparams_base"], both["hparams_fresh"], strict=True)]
-    both = both[np.array(same, dtype=bool)]  # an array: an empty list would select columns
-    return both.drop(columns="side"), missing
+    # astype: an empty table's column is not boolean, and indexing by it would select columns
+    return merged[merged["comparable"].astype(bool)].drop(columns=["side", "comparable"]), missing
 
 
 def same_call(first: str, second: str) -> bool:
