@@ -88,6 +88,7 @@ BENCH = {
     "min over max samples": (["timing.min_samples=9", "timing.max_samples=5"], "min_samples=9 is invalid"),
     "budget -1": (["timing.budget_s=-1"], "timing.budget_s=-1.0 is invalid"),
     "warmup calls -1": (["timing.warmup_calls=-1"], "timing.warmup_calls=-1 is invalid"),
+    "unknown timing heap": (["timing.heap=cached"], "timing.heap='cached' is invalid: it must be one of resident"),
     "max cell flops 0": (["sweep.max_cell_flops=0"], "sweep.max_cell_flops=0.0 is invalid"),
     "max cells 0": (["sweep.max_cells=0"], "sweep.max_cells=0 is invalid"),
     "a million cells": (MILLION_CELLS, "1,000,000 cells, more than sweep.max_cells=10,000"),

@@ -21,7 +21,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from attention_zoo.rules import Above, AtLeast, AtMost, declared
+from attention_zoo.rules import Above, AtLeast, AtMost, OneOf, declared
+from bench.core.heaps import TIMING_HEAPS
 from bench.core.locks import TIMING_LOCK
 
 
@@ -84,6 +85,9 @@ class TimingConfig:
         0.5  # stop sampling once this much time has passed and min_samples are taken
     )
     cell_timeout_s: Annotated[float, Above(0)] = 300.0  # a cell running longer is killed and recorded as `timeout`
+    # what timed CPU calls allocate from: resident, a heap kept faulted in (no call page-faults), or mapped,
+    # every block of 64 KiB or more mapped and faulted in afresh at each call (bench/core/memory.py)
+    heap: Annotated[str, OneOf(*TIMING_HEAPS)] = TIMING_HEAPS[0]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from attention_zoo.reference import expand_kv_heads
 from bench.core.cell import Cell
 from bench.core.memory import measure_peak
 from bench.sweep.accuracy import needle_recall
-from bench.sweep.timing import measured_columns, synchronize, timer_for
+from bench.sweep.timing import measured_columns, synchronize, timed_samples
 
 REFERENCE_KEYS = 4096  # keys per float64 chunk of the exact reference
 
@@ -65,13 +65,13 @@ def measure_decode(cell: Cell, timing: dict[str, Any], inputs: Inputs) -> dict[s
 
     # every sample steps from the same state: a step leaves its input state as it was (attention_zoo/decode.py)
     step = lambda _: impl.decode_step(q, k_new, v_new, state)  # noqa: E731
-    counts = timing["min_samples"], timing["max_samples"], timing["budget_s"]
-    samples = timer_for(device_type)(lambda: None, step, *counts)
     peak_bytes, (out, stepped) = measure_peak(device_type, lambda: step(None))
     state_bytes = stepped.nbytes  # what the step read: the state with its own T tokens in it
     with torch.no_grad():
         error = error_metrics(out, exact_decode(problem, q, k, v))
         error["needle_recall"] = needle_recall(out, v, inputs.needles, problem.allowed_mask())
+    del out, stepped
+    samples = timed_samples(device_type, timing, lambda: None, step)
     return {
         **measured_columns(setup_ms, samples, peak_bytes, impl.kernel),
         "bytes_read": state_bytes + q.nbytes,

@@ -1,9 +1,10 @@
-"""Measure one cell, top to bottom: build, warm up, time, peak memory, error (and a recall cell's training run).
-Runs inside the worker."""
+"""Measure one cell, top to bottom: build, warm up, peak memory, error, time (and a recall cell's training run).
+Runs inside the worker, whose heap maps large blocks except while timed calls run (bench/core/memory.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from bench.core.cell import Cell
 from bench.core.memory import measure_peak
 from bench.sweep.accuracy import error_vs_exact
 from bench.sweep.decode import measure_decode
-from bench.sweep.timing import measured_columns, on_device, synchronize, timer_for
+from bench.sweep.timing import measured_columns, on_device, synchronize, timed_samples
 from bench.tasks.train import train_recall
 
 _INPUTS: dict[tuple, Inputs] = {}  # see cell_inputs
@@ -60,12 +61,11 @@ def _measure_on_device(cell: Cell, timing: dict[str, Any], seed: int) -> dict[st
     synchronize(device_type)
     setup_ms = (time.perf_counter() - started) * 1e3
 
-    # timed repetitions: raw samples kept, statistics from them
-    samples = timer_for(device_type)(prepare, run, timing["min_samples"], timing["max_samples"], timing["budget_s"])
-
-    # peak memory of one more call, apart from timing; its forward output gives the error
-    state = prepare()
-    peak_bytes, out = measure_peak(device_type, lambda: run(state))
+    # peak memory of one more call, large blocks mapped (bench/core/memory.py); its forward output gives the error
+    peak_bytes, out = measure_peak(device_type, functools.partial(run, prepare()))
     error = error_vs_exact(problem, out, inputs)
+    del out  # nothing of this call stays for the timed ones
 
+    # timed repetitions on the timing heap: raw samples kept, statistics from them
+    samples = timed_samples(device_type, timing, prepare, run)
     return {**measured_columns(setup_ms, samples, peak_bytes, impl.kernel), **error}

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.core.heaps import TIMING_HEAPS
+from bench.core.memory import timing_heap
+
 NOISY_IQR_OVER_MEDIAN = 0.10  # torch.utils.benchmark warns above the same ratio
 L2_FLUSH_BYTES = 256 * 2**20  # bigger than any GPU's L2 (H100: 50 MB), as in triton.testing.do_bench
 ESTIMATE_CALLS = 5  # flushed calls that estimate one call's time, as in do_bench
@@ -109,6 +112,15 @@ def time_cuda(prepare: Prepare, run: Run, min_samples: int, max_samples: int, bu
         end.record()
     torch.cuda.synchronize()
     return Samples(tuple(start.elapsed_time(end) for start, end in zip(starts, ends, strict=False)))
+
+
+def timed_samples(device_type: str, timing: dict[str, Any], prepare: Prepare, run: Run) -> Samples:
+    """A cell's samples under its timing config, on the heap `timing["heap"]` names (bench/core/memory.py;
+    the default where it names none), after one untimed call there (it faults in the heap the calls reuse)."""
+    with timing_heap(timing.get("heap", TIMING_HEAPS[0])):
+        run(prepare())
+        synchronize(device_type)
+        return timer_for(device_type)(prepare, run, timing["min_samples"], timing["max_samples"], timing["budget_s"])
 
 
 def timer_for(device_type: str) -> Callable[..., Samples]:

@@ -24,7 +24,7 @@ import torch
 
 from bench.command_line import described
 from bench.core.cell import unsupported_reason
-from bench.core.memory import status_bytes
+from bench.core.memory import map_large_blocks, status_bytes, without_thread_cache
 from bench.sweep.bandwidth import measure_bandwidth_bytes_per_s
 from bench.sweep.environment import device_environment
 from bench.sweep.flops import measure_gemm_flop_per_s
@@ -80,6 +80,7 @@ def serve(conn: Connection, parent_pid: int, threads: int, imports: list[str]) -
     # runner's to handle: dying of it first would make the runner record the cell in flight as failed
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    map_large_blocks()  # peaks are measured so; timed calls switch to their timing heap (bench/core/memory.py)
     for module in imports:
         importlib.import_module(module)
     conn.send(("ready", None))
@@ -132,7 +133,8 @@ class Worker:
             # while a worker starts, as one did between two cells)
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                self._process.start()
+                with without_thread_cache():  # it switches heap policies (bench/core/memory.py)
+                    self._process.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             child_conn.close()
