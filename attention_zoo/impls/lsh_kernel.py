@@ -12,7 +12,10 @@ The rounds: each position's places (one per round) are read a block of positions
 a_r = exp2(round max - best max) / den, den = sum_r exp2(round max - best max) t_r: out = sum_r a_r o_r.
 
 Masking: a place's own key scores SELF_SCORE (it wins only over masked keys); a padding place, a padded key
-and (causal) a later key score MASKED_SCORE. Both are constants, so their gradients are zero.
+and (causal) a later key score MASKED_SCORE. Both are constants, so their gradients are zero. A round's places
+are contiguous and hold each position once, so a place's own key is the place itself (one diagonal of the
+chunk's scores) except in the few windows that span two rounds or look back at themselves, which alone
+compare positions (comparing them everywhere was an eighth of the fwd_bwd).
 
 Saved: q, v, the index tensors, the row maxima, each place's a_r and the output; no (places x 2c) tensor.
 The backward recomputes each group's weights and, with g the output's gradient at the place's position,
@@ -25,6 +28,7 @@ Through autograd the same steps kept the weights and six to eight whole-sequence
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -49,7 +53,8 @@ class Places(NamedTuple):
     flattened q (also the output's row) and of v, and its sequence position (-1: a padding place); key_ok
     (C, c) bool, whether each place is a real key (None: every one is); the C chunks are heads' runs of
     per_head, each looking back at the one before it in its head, a head's first at the head's last;
-    place_of (P, n_hashes) long: each output row's place in every round."""
+    place_of (P, n_hashes) long: each output row's place in every round. A head's places are its rounds'
+    in turn, seq_len each (each position once in a round), then padding places up to per_head * c."""
 
     q_rows: torch.Tensor
     v_rows: torch.Tensor
@@ -57,6 +62,7 @@ class Places(NamedTuple):
     key_ok: torch.Tensor | None
     per_head: int
     place_of: torch.Tensor
+    seq_len: int
 
 
 def lsh_attention(q: torch.Tensor, v: torch.Tensor, k: torch.Tensor, places: Places, causal: bool) -> torch.Tensor:
@@ -71,7 +77,7 @@ class _Group:
     in a row, so chunk j's keys (the one before it, then its own) are rows j*c ... (j+2)*c of them, a view."""
 
     def __init__(self, q: torch.Tensor, v: torch.Tensor, places: Places, causal: bool, start: int, stop: int):
-        q_rows, v_rows, position, key_ok, per_head, _ = places
+        q_rows, v_rows, position, key_ok, per_head = places[:5]
         first = start - 1 if start % per_head else start + per_head - 1  # the chunk before chunk `start`
         chunks = torch.cat([torch.tensor([first], device=q.device), torch.arange(start, stop, device=q.device)])
         self.rows, self.value_rows = q_rows.index_select(0, chunks).flatten(), v_rows.index_select(0, chunks).flatten()
@@ -83,7 +89,12 @@ class _Group:
         self.query = self.x[c:].view(g, c, -1)
         pos = position.index_select(0, chunks)
         q_pos, k_pos = pos[1:, :, None], _windows(pos.flatten(), g, c)[:, None, :]
-        self.own = q_pos == k_pos  # (G, c, 2c)
+        # windows that may hold the query's position at another place than its own: their chunks in the group
+        # and where their keys are the query's position
+        mixed_chunks = _mixed_chunks(c, per_head, places.place_of.shape[1], places.seq_len)
+        mixed = [j - start for j in range(start, stop) if j % per_head in mixed_chunks]
+        self.mixed = torch.tensor(mixed, dtype=torch.long, device=q.device) if mixed else None
+        self.mixed_own = None if self.mixed is None else q_pos[self.mixed] == k_pos[self.mixed]
         masked = None if key_ok is None else ~_windows(key_ok.index_select(0, chunks).flatten(), g, c)[:, None, :]
         if causal:
             later = k_pos > q_pos
@@ -94,10 +105,17 @@ class _Group:
         """((G+1)*c, d) rows -> (G, 2c, d): each chunk's look-back and own rows (overlapping views)."""
         return _windows(rows, self.query.shape[0], self.query.shape[1])
 
+    def fill_own(self, scores: torch.Tensor, value: float) -> torch.Tensor:
+        """(G, c, 2c) scores with `value` where the key is the query's own position, in place."""
+        scores.diagonal(self.query.shape[1], 1, 2).fill_(value)  # the query's own place: [:, i, c + i]
+        if self.mixed is not None:
+            scores[self.mixed] = scores[self.mixed].masked_fill_(self.mixed_own, value)
+        return scores
+
     def weights(self, row_max: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, c, 2c) exp2(score - row max), and the row max (G, c) (computed when not given)."""
         scores = torch.bmm(self.query * LOG2_E, self.windows(self.keys).transpose(1, 2))  # base 2
-        scores.masked_fill_(self.own, SELF_SCORE)
+        self.fill_own(scores, SELF_SCORE)
         if self.masked is not None:
             scores.masked_fill_(self.masked, MASKED_SCORE)
         if row_max is None:
@@ -153,7 +171,7 @@ class _LSHAttention(torch.autograd.Function):
             del g
             # self scores are constants: zero gradient. So are masked ones, whose weights are exactly 0 in every
             # row with a non-zero share (exp2(MASKED_SCORE - max) underflows unless the row saw masked keys only)
-            grad_scores.mul_(weights).masked_fill_(group.own, 0)
+            group.fill_own(grad_scores.mul_(weights), 0)
             del weights
             keys, norms = group.keys, group.norms
             grad_x = _window_rows(grad_scores, group.query)  # as keys: dk
@@ -181,6 +199,22 @@ def _combine(out, row_max, total, place_of):
         gathered = out.index_select(0, at.flatten()).view(*at.shape, -1)
         torch.bmm(weight[:, None, :], gathered, out=result[rows, None, :])
     return result, share
+
+
+@functools.cache
+def _mixed_chunks(c: int, per_head: int, rounds: int, n: int) -> frozenset[int]:
+    """A head's chunks (index in the head) whose window may hold a position at two places: it spans two rounds
+    (a position is once in each, n places) or looks back at itself (a head of one chunk)."""
+
+    def rounds_of(j: int) -> tuple[int, int]:  # the first and last round of chunk j's real places
+        return j * c // n, (min((j + 1) * c, rounds * n) - 1) // n
+
+    mixed = set()
+    for j in range(per_head):
+        spans = rounds_of(j) + rounds_of(j - 1 if j else per_head - 1)
+        if per_head == 1 or min(spans) != max(spans):
+            mixed.add(j)
+    return frozenset(mixed)
 
 
 def _window_rows(grad_scores: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

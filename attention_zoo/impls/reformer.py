@@ -151,7 +151,7 @@ class LSHAttention(Attention):
         # each position's sorted place in every round: (B*H*N, n_hashes)
         undo = torch.empty_like(order).scatter_(-1, order, torch.arange(places, device=order.device).expand_as(order))
         place_of = (head * (chunks * c) + undo).view(batch * heads, self.n_hashes, n).transpose(1, 2).flatten(0, 1)
-        where = Places(q_rows, v_rows, position.view(-1, c), key_ok, chunks, place_of)
+        where = Places(q_rows, v_rows, position.view(-1, c), key_ok, chunks, place_of, n)
         result = lsh_attention(q.reshape(-1, head_dim), v.reshape(-1, head_dim), k, where, self.problem.causal)
         return result.view(batch, heads, n, head_dim).to(out_dtype)
 
