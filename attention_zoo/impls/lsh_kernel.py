@@ -196,8 +196,10 @@ def _combine(out, row_max, total, place_of):
         weight = (maxima - best).exp2_()
         weight.div_((total[at] * weight).sum(1, keepdim=True)).mul_(best > DEAD_BELOW)
         share[at] = weight
-        gathered = out.index_select(0, at.flatten()).view(*at.shape, -1)
-        torch.bmm(weight[:, None, :], gathered, out=result[rows, None, :])
+        # a sum over the rounds, one row-scaled add each (bmm of (1 x rounds) by (rounds x e) per row ran 10x slower)
+        block = torch.mul(out.index_select(0, at[:, 0]), weight[:, :1], out=result[rows])
+        for r in range(1, rounds):
+            block.addcmul_(out.index_select(0, at[:, r]), weight[:, r : r + 1])
     return result, share
 
 
