@@ -16,7 +16,7 @@ from bench.sweep.flops import cell_bytes, cell_flops, cell_flops_executed
 from bench.sweep.lengths import LENGTHS, draw_documents, draw_lengths
 from bench.sweep.measure import measure_cell
 
-TIMING = {"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 2, "max_samples": 2, "budget_s": 0.0}
+TIMING = {"warmup_calls": 1, "warmup_s": 0.0, "min_samples": 2, "max_samples": 2, "budget_s": 0.0, "heap": "resident"}
 TILES = {"q_tile": 64, "k_tile": 128}
 
 

@@ -128,7 +128,14 @@ def test_a_decode_step_on_retrieval_inputs_finds_its_needles_when_exact() -> Non
     from bench.sweep.measure import measure_cell
 
     problem = z.Problem(batch=2, q_heads=4, kv_heads=2, q_len=4, kv_len=260, head_dim=32, causal=True)
-    timing = {"warmup_calls": 0, "warmup_s": 0.0, "min_samples": 1, "max_samples": 2, "budget_s": 0.0}
+    timing = {
+        "warmup_calls": 0,
+        "warmup_s": 0.0,
+        "min_samples": 1,
+        "max_samples": 2,
+        "budget_s": 0.0,
+        "heap": "resident",
+    }
     exact = measure_cell(Cell("sdpa_flash", problem, "decode", {}, 0.0, inputs="retrieval"), timing, 0)
     assert exact["needle_recall"] == 1.0 and exact["error_cosine"] == pytest.approx(1.0, abs=1e-5)
     window = measure_cell(Cell("sliding_window", problem, "decode", {"window": 8}, 0.0, inputs="retrieval"), timing, 0)

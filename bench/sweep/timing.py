@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.core.heaps import TIMING_HEAPS
 from bench.core.memory import timing_heap
 
 NOISY_IQR_OVER_MEDIAN = 0.10  # torch.utils.benchmark warns above the same ratio
@@ -115,9 +114,9 @@ def time_cuda(prepare: Prepare, run: Run, min_samples: int, max_samples: int, bu
 
 
 def timed_samples(device_type: str, timing: dict[str, Any], prepare: Prepare, run: Run) -> Samples:
-    """A cell's samples under its timing config, on the heap `timing["heap"]` names (bench/core/memory.py;
-    the default where it names none), after one untimed call there (it faults in the heap the calls reuse)."""
-    with timing_heap(timing.get("heap", TIMING_HEAPS[0])):
+    """A cell's samples under its timing config, on the heap `timing["heap"]` names (bench/core/memory.py),
+    after one untimed call there (it faults in the heap the calls reuse)."""
+    with timing_heap(timing["heap"]):
         run(prepare())
         synchronize(device_type)
         return timer_for(device_type)(prepare, run, timing["min_samples"], timing["max_samples"], timing["budget_s"])
