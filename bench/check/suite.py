@@ -11,7 +11,7 @@ regime at these N.
 Two passes in one process, because the heap's state decides what each measures (bench/core/memory.py):
 first the peak memory of every cell, while large blocks are mapped fresh and the heap has never
 held one (so VmHWM is the peak of what the call holds); then the timing of every cell, on a heap
-that keeps its pages (so no timed call page-faults its buffers).
+that keeps its pages (so timed calls reuse buffers already faulted in).
 """
 
 from __future__ import annotations

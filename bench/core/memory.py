@@ -9,7 +9,7 @@ glibc's own policy depends on history: it maps a large block afresh (and faults 
 it from the heap depending on the largest block freed before, up to 32 MiB, above which every block is
 mapped at every call. Measurements therefore pick one of two fixed policies: `map_large_blocks` (every
 block of 64 KiB or more in pages of its own: VmHWM follows live memory, for peaks) and
-`keep_heap_resident` (no block mapped or trimmed: no call page-faults, for timing); `timing_heap` is
+`keep_heap_resident` (no block mapped or trimmed: calls reuse faulted-in pages, for timing); `timing_heap` is
 the policy timed calls run on, the other restored after. A process that switches between them runs
 with glibc's per-thread cache off (`without_thread_cache`): its small chunks, freed while timed calls
 ran on the resident heap, stay in use to the heap and pin the large free chunks under them, and the

@@ -85,7 +85,7 @@ class TimingConfig:
         0.5  # stop sampling once this much time has passed and min_samples are taken
     )
     cell_timeout_s: Annotated[float, Above(0)] = 300.0  # a cell running longer is killed and recorded as `timeout`
-    # what timed CPU calls allocate from: resident, a heap kept faulted in (no call page-faults), or mapped,
+    # what timed CPU calls allocate from: resident, a heap kept faulted in (calls reuse its pages), or mapped,
     # every block of 64 KiB or more mapped and faulted in afresh at each call (bench/core/memory.py)
     heap: Annotated[str, OneOf(*TIMING_HEAPS)] = TIMING_HEAPS[0]
 
