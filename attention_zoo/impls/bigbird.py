@@ -16,7 +16,7 @@ Computed blockwise, the N x N score matrix never exists: each middle query block
 values (its slab of w blocks, the global keys, its r random blocks: rows of K fixed at build time, one
 index_select per chunk of blocks) and scores them in one GEMM, softmaxed together; the global query blocks
 are full rows, a few queries over every key (`landmark_softmax.landmarks_over_keys`: SDPA without a graph,
-the online softmax over key chunks with one, so no (rows x N) scores are kept). Both passes take the middle
+the online softmax over key chunks with one, keeping only their (rows x N) probabilities). Both passes take the middle
 blocks a cache-sized chunk at a time; the backward gathers the keys and values again instead of keeping
 them, and without a backward the probabilities are not kept.
 GQA: each query head gathers from its kv head (the random blocks are per query head). Scale 1/sqrt(d); half

@@ -17,8 +17,8 @@ with scores scaled by 1/sqrt(d) (q and k each by d^-1/4, as the paper's code). C
 - Half precision computes in float32 (the iterative inverse needs it); the output is in the input dtype.
 - softmax(Q~ K^T) V and softmax(Q K~^T) (pinv(...) softmax(Q~ K^T) V) are softmax attentions (m landmark
   queries over N keys, N queries over m landmark keys): SDPA's fused kernel where no graph is built, and
-  otherwise chunks of the long side forward and backward (`landmark_softmax`): kernels 1 and 3, (N x m)
-  each, are never formed.
+  otherwise chunks of the long side forward and backward (`landmark_softmax`): only kernels 1 and 3
+  themselves, (N x m) each, are kept for the backward, not their scores or autograd's intermediates.
 - Landmarks are segment sums scaled by 1/count: a mean's backward would divide a whole-input tensor.
 """
 
