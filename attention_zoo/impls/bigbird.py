@@ -244,7 +244,7 @@ class BigBirdAttention(Attention):
 
     def _global_rows(self, q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Global query rows (B, Hq, r, D) against every key: full rows, O(g*b*N), the keys a chunk at a time
-        (`landmark_softmax`: a few queries over every key, no (r x N) scores kept)."""
+        (`landmark_softmax`: a few queries over every key; its (r x N) probabilities, not its scores, kept)."""
         batch, kv_heads, _, head_dim = k.shape
         heads, rows = q_rows.shape[1], q_rows.shape[2]
         stacked = q_rows.reshape(batch, kv_heads, heads // kv_heads * rows, head_dim)  # a group's heads on the rows
