@@ -110,15 +110,14 @@ class _LandmarksOverKeys(torch.autograd.Function):
         out = acc.div_(total)
         lse = top + total.log2_()
         ctx.save_for_backward(queries, k, v, out, probs_all, torch.stack(tops).sub_(lse).exp2_())
-        ctx.scale = scale
+        ctx.scale, ctx.cols = scale, cols  # the backward takes the forward's chunks, whose factors it has
         return out.view(shape)
 
     @staticmethod
     def backward(ctx, grad):
         queries, k, v, out, probs_all, factors = ctx.saved_tensors  # chunk j's P = its probabilities * factors[j]
-        scale = ctx.scale
+        scale, cols = ctx.scale, ctx.cols
         grad = grad.reshape(out.shape)
-        cols = _chunk(k, queries.shape[1])
         queries_s = queries * scale
         row_dot = (grad * out).sum(2, keepdim=True)  # rowsum(P dP)
         grad_queries = torch.zeros_like(queries)
